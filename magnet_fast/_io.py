@@ -1,0 +1,67 @@
+"""File helpers: restricted unpickling of audiocraft exports and atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from magnet_fast.errors import CheckpointError
+
+
+def load_pickle_safely(path: Path) -> object:
+    """torch.load with weights_only=True (tensors, dicts, strings only); anything else is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refusing to unpickle it: it holds Python objects beyond tensors, dicts and "
+                f"strings ({msg}). Only audiocraft exports (state_dict.bin as published on the hub) are "
+                "accepted; re-export the checkpoint with audiocraft's export functions.") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({msg}); the file may be truncated "
+                              "or corrupted: download it again") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path, overwrite: bool = False):
+    """Yield a temporary sibling folder; on success it replaces ``out`` in one rename, else vanishes."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; choose another output folder or pass overwrite "
+                              "(CLI: --force)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file through a temporary sibling and a rename: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,191 @@
+"""Python API: ``MagnetFast.from_pretrained(path).generate_tokens([...])``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
+from magnet_fast.conditioning import TextEncoder
+from magnet_fast.errors import CheckpointError, ParameterError
+from magnet_fast.generate import Params, decode, output_frames, resolve_params
+from magnet_fast.model import MagnetLM
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ParameterError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ParameterError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype) -> MagnetLM:
+    """Build the LM on the meta device and assign the (mmapped, cast) safetensors weights."""
+    path = folder / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; re-run `magnet-fast convert`") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
+                              "re-run `magnet-fast convert`") from None
+    with torch.device("meta"):
+        lm = MagnetLM(cfg)
+    expected = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unknown keys {unknown[:5]} for the "
+                              f"geometry in config.json; re-run `magnet-fast convert`")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{path}: {k} has shape {list(state[k].shape)}, config.json implies "
+                                  f"{list(shape)}; re-run `magnet-fast convert`")
+        if not state[k].is_floating_point():
+            raise CheckpointError(f"{path}: {k} has dtype {state[k].dtype}; expected floating point")
+    lm.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    return lm.eval()
+
+
+class MagnetFast:
+    """A converted MAGNeT checkpoint ready to generate. Build it with ``from_pretrained``."""
+
+    def __init__(self, lm: MagnetLM, text: TextEncoder, cfg: MagnetConfig, path: Path | None = None):
+        self.lm, self.text, self.config, self.path = lm, text, cfg, path
+        self.device = lm.emb[0].weight.device
+        self.dtype = lm.emb[0].weight.dtype
+        self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
+                        t5: str | Path | None = None, allow_download: bool = False) -> "MagnetFast":
+        """Load a folder written by ``magnet-fast convert``.
+
+        device: 'cpu' (float32, bitwise audiocraft parity) or 'cuda'. dtype: None picks float32 on CPU,
+        bfloat16 on CUDA. t5: local T5 folder or hub name overriding config.json; by default a ``t5/``
+        folder inside the model folder, else the config's name from the local HF cache.
+        allow_download: let transformers fetch the T5 from the hub if it is not cached.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise CheckpointError(f"model folder {folder} not found; pass a folder made by "
+                                  "`magnet-fast convert SRC OUT`")
+        if (folder / "state_dict.bin").exists() and not (folder / "config.json").exists():
+            raise CheckpointError(f"{folder} is an audiocraft export, not a converted model: run "
+                                  f"`magnet-fast convert {folder} OUT` and load OUT")
+        cfg = MagnetConfig.load(folder)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("device 'cuda' requested but CUDA is not available; use device='cpu'")
+        lm = load_lm(folder, cfg, device, _dtype(dtype, device))
+        if t5 is None:
+            t5 = folder / "t5" if (folder / "t5").is_dir() else cfg.t5_name
+        text = TextEncoder(t5, device=device, allow_download=allow_download)
+        if text.dim != cfg.t5_dim:
+            raise CheckpointError(f"T5 {str(t5)!r} has width {text.dim} but the model's text projection "
+                                  f"expects {cfg.t5_dim} ({cfg.t5_name}); pass the matching T5 with t5=")
+        return cls(lm, text, cfg, folder)
+
+    # ----------------------------------------------------------------------------------- facts
+    @property
+    def frame_rate(self) -> int:
+        return self.config.frame_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frames(self) -> int:
+        return self.config.frames
+
+    @property
+    def duration(self) -> float:
+        return self.config.segment_duration
+
+    # ----------------------------------------------------------------------------------- work
+    def condition(self, descriptions: list[str | None]) -> torch.Tensor:
+        """Descriptions -> LM condition [2B, L, dim] (cond rows then null rows; null rows are zero)."""
+        hidden, mask = self.text.encode(descriptions)
+        with torch.inference_mode():
+            return self.lm.project_text(hidden.to(self.device), mask.to(self.device))
+
+    def _check_descriptions(self, descriptions) -> list[str | None]:
+        if isinstance(descriptions, str) or not isinstance(descriptions, (list, tuple)):
+            raise ParameterError("descriptions must be a list of strings (or None for unconditional "
+                                 f"rows), got {type(descriptions).__name__}")
+        if not descriptions:
+            raise ParameterError("descriptions is empty: pass at least one text (or None)")
+        bad = [d for d in descriptions if d is not None and not isinstance(d, str)]
+        if bad:
+            raise ParameterError(f"descriptions must be str or None, got {type(bad[0]).__name__}")
+        return list(descriptions)
+
+    def _check_prompt(self, prompt, batch: int, params: Params) -> torch.Tensor | None:
+        if prompt is None:
+            return None
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 3 or prompt.is_floating_point():
+            raise ParameterError("prompt must be an integer tensor [B, n_q, P] of codec tokens")
+        b, k, p = prompt.shape
+        frames = output_frames(self.frames, self.config.span_len, params.span_arrangement)
+        if b != batch or k != self.config.n_q:
+            raise ParameterError(f"prompt has shape {list(prompt.shape)}; expected [{batch}, "
+                                 f"{self.config.n_q}, P] for {batch} description(s)")
+        if not 0 < p < frames:
+            raise ParameterError(f"prompt length {p} frames must be in 1..{frames - 1} (the model "
+                                 f"generates {frames} frames)")
+        if prompt.min() < 0 or prompt.max() >= self.config.card:
+            raise ParameterError(f"prompt tokens must be in [0, {self.config.card})")
+        return prompt.to(device=self.device, dtype=torch.long)
+
+    def generate_tokens(self, descriptions, *, seed: int | None = None, prompt: torch.Tensor | None = None,
+                        decoding_steps=None, temperature=None, top_p=None, top_k=None,
+                        use_sampling: bool = True, max_cfg_coef=None, min_cfg_coef=None,
+                        span_arrangement=None, span_scoring=None, anneal_temp: bool = True,
+                        progress: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
+
+        None means the model's default (config.json). ``seed`` draws from a private generator seeded
+        with it (same stream as ``torch.manual_seed(seed)``, without touching the global RNG);
+        seed=None uses ``generator`` if given, else torch's global generator. Descriptions may contain
+        None (unconditional rows).
+        """
+        descriptions = self._check_descriptions(descriptions)
+        params = resolve_params(self.config.generation, self.config.n_q, decoding_steps=decoding_steps,
+                                temperature=temperature, top_p=top_p, top_k=top_k,
+                                use_sampling=use_sampling, max_cfg_coef=max_cfg_coef,
+                                min_cfg_coef=min_cfg_coef, span_arrangement=span_arrangement,
+                                span_scoring=span_scoring, anneal_temp=anneal_temp)
+        prompt = self._check_prompt(prompt, len(descriptions), params)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self._decode(descriptions, params, prompt, generator, progress)
+
+    def _decode(self, descriptions, params: Params, prompt, generator, progress: bool) -> torch.Tensor:
+        cond = self.condition(descriptions)
+        with torch.inference_mode():
+            kv = self.lm.cross_kv(cond)
+        bar = callback = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=sum(params.decoding_steps), desc="decoding", unit="step")
+
+            def callback(done, total):
+                bar.update(1)
+        try:
+            return decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
+                          generator=generator, backend=self.attention_backend, callback=callback)
+        finally:
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,52 @@
+"""The one attention function of the runtime: full or banded (|q - k| <= window), never causal.
+
+Backends (same semantics, chosen per call):
+- ``"exact"``: float32 matmul + additive 0/-inf band + dense softmax, op for op what audiocraft computes
+  (kernels/banded_attn/naive.py). Bitwise parity on CPU fp32; O(T^2) memory. The CPU default.
+- ``"sdpa"``: torch's scaled_dot_product_attention with a *boolean* band mask (True = attend). The mask
+  is always passed explicitly: audiocraft's torch backend instead set ``is_causal`` for masked stages,
+  silently turning the band into causal attention (MAGNET_SPEC §4); that bug is not reproduced.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
+
+BACKENDS = ("exact", "sdpa")
+
+
+class BandCache:
+    """Masks per (T, window, device) so a generation builds each once, not once per layer and step."""
+
+    def __init__(self) -> None:
+        self._cache: dict = {}
+
+    def get(self, kind: str, t: int, window: int | None, device: torch.device):
+        key = (kind, t, window, str(device))
+        if key not in self._cache:
+            if kind == "bias":
+                self._cache[key] = band_bias(t, t, window, device=device)
+            else:
+                bias = band_bias(t, t, window, device=device)
+                self._cache[key] = None if bias is None else bias == 0
+        return self._cache[key]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, *,
+              backend: str = "exact", masks: BandCache | None = None) -> torch.Tensor:
+    """q [B, H, Tq, D], k/v [B, H, Tk, D] (strided views fine) -> [B, H, Tq, D] in q's dtype.
+
+    window: None for full attention, else keys with |q - k| <= window (self-attention only, Tq == Tk).
+    """
+    if window is not None and q.shape[-2] != k.shape[-2]:
+        raise ValueError("a band needs as many keys as queries")
+    masks = masks or BandCache()
+    if backend == "exact":
+        bias = masks.get("bias", q.shape[-2], window, q.device) if window is not None else None
+        return banded_attention(q, k, v, window if bias is not None else None, bias=bias)
+    if backend == "sdpa":
+        allowed = masks.get("bool", q.shape[-2], window, q.device) if window is not None else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=False)
+    raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")

@@ -1,0 +1,49 @@
+"""T5 text conditioning (MAGNET_SPEC §3) through transformers' own T5 classes.
+
+Rows are [descriptions..., one null row per description], tokenized together (right padding, no
+truncation); a null row is an empty text whose attention mask is zeroed, so after the projection and
+the mask its condition is exactly zero, which is what classifier-free guidance compares against.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from magnet_fast.errors import CheckpointError
+
+
+class TextEncoder:
+    """Tokenizer + T5 encoder; ``encode`` gives the T5 hidden states and the (null-zeroed) mask."""
+
+    def __init__(self, name_or_path: str | Path, device: torch.device | str = "cpu",
+                 allow_download: bool = False):
+        from transformers import T5EncoderModel, T5Tokenizer
+        where = str(name_or_path)
+        try:
+            self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=not allow_download)
+            self.model = T5EncoderModel.from_pretrained(where, local_files_only=not allow_download)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"T5 encoder {where!r} could not be loaded without downloading ({first}). Pass a local "
+                f"folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with `huggingface-cli download "
+                f"{where} --local-dir DIR`, or allow downloads explicitly.") from None
+        self.model.eval().to(device=device, dtype=torch.float32)
+        self.device = torch.device(device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.d_model)
+
+    @torch.inference_mode()
+    def encode(self, descriptions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B descriptions] -> hidden [2B, L, d_model] float32 and mask [2B, L] (cond rows, then nulls)."""
+        entries = [d if d is not None else "" for d in descriptions] + [""] * len(descriptions)
+        batch = self.tokenizer(entries, return_tensors="pt", padding=True)
+        mask = batch["attention_mask"].clone()
+        mask[[i for i, e in enumerate(entries) if e == ""], :] = 0
+        ids = batch["input_ids"].to(self.device)
+        mask = mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden, mask

@@ -1,0 +1,129 @@
+"""config.json of a converted model: the LM geometry, the decoding defaults and where the parts live."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from magnet_fast.errors import ConfigError
+
+FORMAT = "magnet_fast/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SPAN_ARRANGEMENTS = ("nonoverlap", "stride1")
+SPAN_SCORINGS = ("max", "prod")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Decoding defaults; audiocraft's MAGNeT.set_generation_params values unless the model says otherwise."""
+    use_sampling: bool = True
+    temperature: float = 3.0
+    top_k: int = 0
+    top_p: float = 0.9
+    max_cfg_coef: float = 10.0
+    min_cfg_coef: float = 1.0
+    decoding_steps: tuple[int, ...] = (20, 10, 10, 10)
+    span_arrangement: str = "nonoverlap"
+    span_scoring: str = "max"
+    anneal_temp: bool = True
+
+
+@dataclass(frozen=True)
+class MagnetConfig:
+    dim: int
+    num_heads: int
+    num_layers: int
+    card: int
+    n_q: int = 4
+    hidden_scale: int = 4
+    subcodes_context: int = 5
+    span_len: int = 3
+    frame_rate: int = 50
+    segment_duration: float = 10.0
+    max_period: float = 10000.0
+    positional_scale: float = 1.0
+    norm_eps: float = 1e-5
+    t5_name: str = "t5-base"
+    t5_dim: int = 768
+    sample_rate: int = 32000
+    weights_dtype: str = "float16"
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    codec: dict | None = None          # what the converter saw of compression_state_dict.bin
+    source: dict | None = None         # provenance: file names, sha256, audiocraft version
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def frames(self) -> int:
+        """Frames audiocraft asks for: int(segment_duration * frame_rate) (500 / 1500)."""
+        return int(self.segment_duration * self.frame_rate)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["generation"]["decoding_steps"] = list(self.generation.decoding_steps)
+        return {"format": FORMAT, **d}
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> "MagnetConfig":
+        d = dict(d)
+        fmt = d.pop("format", None)
+        if fmt != FORMAT:
+            raise ConfigError(f"{where}: format is {fmt!r}, expected {FORMAT!r}; re-create it with "
+                              "`magnet-fast convert <audiocraft export dir> <out dir>`")
+        gen = dict(d.pop("generation", {}))
+        known_gen = {f.name for f in dataclasses.fields(GenerationDefaults)}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted((set(d) - known) | (set(gen) - known_gen))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; was it written by a newer magnet_fast?")
+        if "decoding_steps" in gen:
+            gen["decoding_steps"] = tuple(int(s) for s in gen["decoding_steps"])
+        try:
+            cfg = cls(generation=GenerationDefaults(**gen), **d)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}; re-create it with `magnet-fast convert`") from None
+        cfg.validate(where)
+        return cfg
+
+    @classmethod
+    def load(cls, folder: Path) -> "MagnetConfig":
+        path = Path(folder) / CONFIG_NAME
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} not found: is {folder} a converted model? Convert an audiocraft "
+                              "export with `magnet-fast convert SRC OUT`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} is not readable JSON ({e}); re-run `magnet-fast convert`") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a JSON object; re-run `magnet-fast convert`")
+        return cls.from_dict(raw, str(path))
+
+    def validate(self, where: str = CONFIG_NAME) -> None:
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"{where}: {msg}")
+        for name in ("dim", "num_heads", "num_layers", "card", "n_q", "hidden_scale", "span_len",
+                     "frame_rate", "t5_dim", "sample_rate"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise bad(f"{name} must be a positive integer, got {v!r}")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise bad(f"dim {self.dim} must split into {self.num_heads} heads of even size")
+        if self.dim % 2:
+            raise bad(f"dim {self.dim} must be even (sinusoidal positions)")
+        if not isinstance(self.subcodes_context, int) or self.subcodes_context < -1:
+            raise bad(f"subcodes_context must be an integer >= -1, got {self.subcodes_context!r}")
+        if not self.segment_duration > 0 or self.frames < self.span_len:
+            raise bad(f"segment_duration {self.segment_duration} gives too few frames")
+        g = self.generation
+        if len(g.decoding_steps) != self.n_q:
+            raise bad(f"generation.decoding_steps needs {self.n_q} entries, got {list(g.decoding_steps)}")
+        if g.span_arrangement not in SPAN_ARRANGEMENTS or g.span_scoring not in SPAN_SCORINGS:
+            raise bad(f"generation span settings {g.span_arrangement!r}/{g.span_scoring!r} not supported")

@@ -1,0 +1,213 @@
+"""Convert an audiocraft MAGNeT export (state_dict.bin [+ compression_state_dict.bin]) to
+config.json + model.safetensors.
+
+Strict by construction: every source key is mapped through an explicit template, every template key
+must be present, every shape is checked against the geometry read from ``xp.cfg``. Pickles are read with
+``torch.load(weights_only=True)`` only. The output folder appears in one rename or not at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from magnet_fast._io import atomic_dir, load_pickle_safely
+from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
+from magnet_fast.errors import CheckpointError, ConfigError
+
+LM_FILE = "state_dict.bin"
+CODEC_FILE = "compression_state_dict.bin"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# hub codecs a pointer-form compression_state_dict.bin may name: (sample_rate, frame_rate)
+KNOWN_CODECS = {"facebook/encodec_32khz": (32000, 50), "facebook/encodec_24khz": (24000, 75)}
+# transformer_lm settings the runtime implements; anything else is refused rather than run wrongly
+REQUIRED_LM = {"causal": False, "norm_first": True, "bias_ff": False, "bias_attn": False,
+               "bias_proj": False, "positional_embedding": "sin", "activation": "gelu",
+               "norm": "layer_norm", "kv_repeat": 1, "qk_layer_norm": False, "layer_scale": None,
+               "xpos": False, "two_step_cfg": False}
+
+T5_PROJ = "condition_provider.conditioners.description.output_proj"
+
+
+def weight_map(cfg: MagnetConfig) -> dict[str, tuple[str, slice | None, tuple[int, ...]]]:
+    """runtime key -> (source key, row slice or None, expected shape)."""
+    d, c = cfg.dim, cfg.card
+    m = {"text_proj.weight": (f"{T5_PROJ}.weight", None, (d, cfg.t5_dim)),
+         "text_proj.bias": (f"{T5_PROJ}.bias", None, (d,)),
+         "out_norm.weight": ("out_norm.weight", None, (d,)),
+         "out_norm.bias": ("out_norm.bias", None, (d,))}
+    for k in range(cfg.n_q):
+        m[f"emb.{k}.weight"] = (f"emb.{k}.weight", None, (c + 1, d))
+        m[f"heads.{k}.weight"] = (f"linears.{k}.weight", None, (c, d))
+    for i in range(cfg.num_layers):
+        src, dst = f"transformer.layers.{i}", f"layers.{i}"
+        m[f"{dst}.self_attn.in_proj.weight"] = (f"{src}.self_attn.in_proj_weight", None, (3 * d, d))
+        m[f"{dst}.self_attn.out_proj.weight"] = (f"{src}.self_attn.out_proj.weight", None, (d, d))
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):      # audiocraft applies them apart
+            m[f"{dst}.cross_attn.{name}.weight"] = (f"{src}.cross_attention.in_proj_weight",
+                                                    slice(j * d, (j + 1) * d), (d, d))
+        m[f"{dst}.cross_attn.out_proj.weight"] = (f"{src}.cross_attention.out_proj.weight", None, (d, d))
+        m[f"{dst}.linear1.weight"] = (f"{src}.linear1.weight", None, (cfg.hidden_scale * d, d))
+        m[f"{dst}.linear2.weight"] = (f"{src}.linear2.weight", None, (d, cfg.hidden_scale * d))
+        for norm in ("norm1", "norm_cross", "norm2"):
+            for p in ("weight", "bias"):
+                m[f"{dst}.{norm}.{p}"] = (f"{src}.{norm}.{p}", None, (d,))
+    return m
+
+
+def source_shapes(cfg: MagnetConfig) -> dict[str, tuple[int, ...]]:
+    """Every key (and its shape) an audiocraft export of this geometry holds."""
+    out: dict[str, tuple[int, ...]] = {}
+    for src, rows, shape in weight_map(cfg).values():
+        out[src] = (3 * cfg.dim, cfg.dim) if rows is not None else shape
+    return out
+
+
+def _get(tree: dict, dotted: str, default=KeyError):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is KeyError:
+                raise ConfigError(f"xp.cfg has no '{dotted}'; is this a MAGNeT export?")
+            return default
+        node = node[part]
+    return node
+
+
+def _codec_note(path: Path) -> tuple[dict | None, int | None, int | None]:
+    """What compression_state_dict.bin is: (note for config.json, sample_rate, frame_rate)."""
+    if not path.exists():
+        return None, None, None
+    pkg = load_pickle_safely(path)
+    if not isinstance(pkg, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(pkg).__name__}")
+    if "pretrained" in pkg:
+        name = str(pkg["pretrained"])
+        sr, fr = KNOWN_CODECS.get(name, (None, None))
+        return {"kind": "pointer", "pretrained": name, "file": CODEC_FILE}, sr, fr
+    if "xp.cfg" in pkg and "best_state" in pkg:
+        xp = yaml.safe_load(pkg["xp.cfg"]) or {}
+        sr = int(_get(xp, "sample_rate"))
+        ratios = [int(r) for r in _get(xp, "seanet.ratios")]
+        note = {"kind": "full", "file": CODEC_FILE, "sample_rate": sr, "ratios": ratios,
+                "n_q": _get(xp, "rvq.n_q", None), "bins": _get(xp, "rvq.bins", None),
+                "pad_mode": _get(xp, "seanet.pad_mode", None),
+                "status": "recorded; codec weights are converted by the codec step"}
+        return note, sr, round(sr / math.prod(ratios))
+    raise CheckpointError(f"{path}: neither a hub pointer ('pretrained') nor a full export "
+                          "('xp.cfg' + 'best_state')")
+
+
+def config_from_xp(xp_yaml: str, best_state: dict, codec: Path, where: str) -> MagnetConfig:
+    try:
+        xp = yaml.safe_load(xp_yaml)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: xp.cfg is not valid YAML ({e})") from None
+    if not isinstance(xp, dict):
+        raise ConfigError(f"{where}: xp.cfg is not a mapping")
+    if xp.get("lm_model") != "transformer_lm_magnet":
+        raise ConfigError(f"{where}: lm_model is {xp.get('lm_model')!r}, not 'transformer_lm_magnet': "
+                          "this converter handles MAGNeT checkpoints only")
+    lm = _get(xp, "transformer_lm")
+    for key, want in REQUIRED_LM.items():
+        if lm.get(key, want) != want:
+            raise ConfigError(f"{where}: transformer_lm.{key} = {lm.get(key)!r} is not supported "
+                              f"(released MAGNeT models use {want!r})")
+    if _get(xp, "conditioners.description.model") != "t5":
+        raise ConfigError(f"{where}: only T5 text conditioning ('description') is supported")
+    if "description" not in (_get(xp, "fuser.cross", []) or []):
+        raise ConfigError(f"{where}: expected the 'description' condition to be fused by cross-attention")
+    proj = best_state.get(f"{T5_PROJ}.weight")
+    if proj is None or proj.dim() != 2:
+        raise CheckpointError(f"{where}: best_state lacks {T5_PROJ}.weight")
+    codec_note, sr, fr = _codec_note(codec)
+    # audiocraft's loader overwrites these three from other sections (MAGNET_SPEC §1.3)
+    cfg = MagnetConfig(
+        dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
+        card=int(lm["card"]), n_q=int(lm["n_q"]), hidden_scale=int(lm.get("hidden_scale", 4)),
+        subcodes_context=int(lm.get("subcodes_context", 5)), span_len=int(_get(xp, "masking.span_len")),
+        frame_rate=int(fr or 50), segment_duration=float(_get(xp, "dataset.segment_duration")),
+        max_period=float(lm.get("max_period", 10000)), positional_scale=float(lm.get("positional_scale", 1.0)),
+        t5_name=str(_get(xp, "conditioners.description.t5.name")), t5_dim=int(proj.shape[1]),
+        sample_rate=int(sr or xp.get("sample_rate", 32000)),
+        generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[: int(lm["n_q"])]
+                                      + (10,) * max(0, int(lm["n_q"]) - 4)),
+        codec=codec_note)
+    cfg.validate(where)
+    return cfg
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def map_state(best_state: dict, cfg: MagnetConfig, dtype: torch.dtype | None, where: str) -> dict:
+    """Source state dict -> runtime tensors, strictly (no missing, no unknown, no wrong shapes)."""
+    expected = source_shapes(cfg)
+    missing = sorted(set(expected) - set(best_state))
+    unknown = sorted(set(best_state) - set(expected))
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {missing[:5]}")
+        if unknown:
+            parts.append(f"unknown {len(unknown)} key(s): {unknown[:5]}")
+        raise CheckpointError(f"{where}: {'; '.join(parts)}. The weights do not match the xp.cfg geometry "
+                              f"(dim {cfg.dim}, {cfg.num_layers} layers, n_q {cfg.n_q}); is the export "
+                              "complete and from MAGNeT?")
+    for key, shape in expected.items():
+        t = best_state[key]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{where}: {key} is a {type(t).__name__}, not a tensor")
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"{where}: {key} has shape {list(t.shape)}, expected {list(shape)} "
+                                  "from xp.cfg; the weights and config do not belong together")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{where}: {key} has dtype {t.dtype}, expected a float tensor")
+    out = {}
+    for dst, (src, rows, _) in weight_map(cfg).items():
+        t = best_state[src] if rows is None else best_state[src][rows]
+        out[dst] = (t if dtype is None else t.to(dtype)).contiguous().clone()
+    return out
+
+
+def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overwrite: bool = False) -> Path:
+    """audiocraft export folder (or its state_dict.bin) -> converted model folder ``out``.
+
+    dtype: None keeps the stored dtype (the released files are float16); or 'float16' / 'bfloat16' /
+    'float32'. Returns the output folder.
+    """
+    src, out = Path(src), Path(out)
+    lm_path = src if src.is_file() else src / LM_FILE
+    if not lm_path.exists():
+        hint = " (it looks like a converted model already)" if (src / "config.json").exists() else ""
+        raise CheckpointError(f"{lm_path} not found{hint}: SRC must be an audiocraft MAGNeT export folder "
+                              f"holding {LM_FILE} (e.g. `huggingface-cli download facebook/magnet-small-10secs "
+                              "--local-dir DIR`)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    pkg = load_pickle_safely(lm_path)
+    if not isinstance(pkg, dict) or not isinstance(pkg.get("xp.cfg"), str) or not isinstance(
+            pkg.get("best_state"), dict):
+        raise CheckpointError(f"{lm_path}: expected audiocraft's export dict with 'xp.cfg' (YAML string) and "
+                              "'best_state'; this file is something else")
+    best_state = pkg["best_state"]
+    cfg = config_from_xp(pkg["xp.cfg"], best_state, lm_path.parent / CODEC_FILE, str(lm_path))
+    tensors = map_state(best_state, cfg, DTYPES.get(dtype) if dtype else None, str(lm_path))
+    stored = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
+    cfg = dataclasses.replace(cfg, weights_dtype=stored[0] if len(stored) == 1 else "mixed", source={
+        "file": LM_FILE, "sha256": _sha256(lm_path), "audiocraft_version": str(pkg.get("version", "")),
+        "keys": len(best_state), "parameters": sum(t.numel() for t in best_state.values())})
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "magnet_fast/1"})
+        cfg.save(tmp)
+    return out

@@ -1,0 +1,22 @@
+"""One exception hierarchy: every error a user can cause names the file/key/parameter and the fix."""
+from __future__ import annotations
+
+
+class MagnetFastError(Exception):
+    """Base class of every error magnet_fast raises on purpose."""
+
+
+class CheckpointError(MagnetFastError):
+    """A source checkpoint or converted model folder is missing, unreadable, unsafe or inconsistent."""
+
+
+class ConfigError(CheckpointError):
+    """config.json (or the source xp.cfg) is missing a field or describes an unsupported model."""
+
+
+class ParameterError(MagnetFastError, ValueError):
+    """A generation parameter or input is out of range."""
+
+
+class NumericsError(MagnetFastError, RuntimeError):
+    """Non-finite values reached sampling (raised instead of emitting garbage tokens)."""

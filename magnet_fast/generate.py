@@ -1,0 +1,124 @@
+"""MAGNeT's iterative decoding loop (MAGNET_SPEC §5): stages in codebook order, each a few
+mask-predict steps with span masking, CFG and temperature annealing.
+
+The per-step tensor math (forward, CFG, softmax, sampling, span scores, next mask) lives in
+``kernels/sample/naive.py`` and runs without host synchronisation; only the schedule (host-side,
+precomputed) and the progress callback touch Python per step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from magnet_fast.config import SPAN_ARRANGEMENTS, SPAN_SCORINGS, GenerationDefaults
+from magnet_fast.errors import ParameterError
+from magnet_fast.kernels.sample import naive as S
+from magnet_fast.model import MagnetLM
+from magnet_fast.schedule import stage_steps
+
+
+@dataclass(frozen=True)
+class Params(GenerationDefaults):
+    """Resolved, validated generation parameters of one call."""
+
+
+def resolve_params(defaults: GenerationDefaults, n_q: int, **overrides) -> Params:
+    """Defaults overridden by the non-None ``overrides``; every value checked (ParameterError)."""
+    names = {f.name for f in fields(GenerationDefaults)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ParameterError(f"unknown generation parameter(s) {unknown}; known: {sorted(names)}")
+    p = Params(**{f.name: getattr(defaults, f.name) for f in fields(GenerationDefaults)})
+    p = replace(p, **{k: v for k, v in overrides.items() if v is not None})
+
+    def number(name, lo=None, hi=None, lo_open=False, integer=False):
+        v = getattr(p, name)
+        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok_type or not math.isfinite(v):
+            raise ParameterError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise ParameterError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+        if hi is not None and v > hi:
+            raise ParameterError(f"{name} must be <= {hi}, got {v!r}")
+
+    number("temperature", 0.0)
+    number("top_p", 0.0, 1.0)
+    number("top_k", 0, integer=True)
+    number("max_cfg_coef")
+    number("min_cfg_coef")
+    steps = p.decoding_steps
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__"):
+        raise ParameterError(f"decoding_steps must be a list of {n_q} positive integers, got {steps!r}")
+    steps = tuple(steps)
+    if len(steps) != n_q or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+        raise ParameterError(f"decoding_steps must be {n_q} positive integers (one per codebook), "
+                             f"got {list(steps)}")
+    if p.span_arrangement not in SPAN_ARRANGEMENTS:
+        raise ParameterError(f"span_arrangement must be one of {SPAN_ARRANGEMENTS}, got {p.span_arrangement!r}")
+    if p.span_scoring not in SPAN_SCORINGS:
+        raise ParameterError(f"span_scoring must be one of {SPAN_SCORINGS}, got {p.span_scoring!r}")
+    for flag in ("use_sampling", "anneal_temp"):
+        if not isinstance(getattr(p, flag), bool):
+            raise ParameterError(f"{flag} must be True or False, got {getattr(p, flag)!r}")
+    return replace(p, decoding_steps=steps)
+
+
+def output_frames(frames: int, span_len: int, arrangement: str) -> int:
+    """Frames returned: 'nonoverlap' trims to a multiple of span_len (500 -> 498), 'stride1' keeps all."""
+    return frames - frames % span_len if span_len > 1 and arrangement == "nonoverlap" else frames
+
+
+@torch.inference_mode()
+def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
+           prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           backend: str = "exact", callback=None) -> torch.Tensor:
+    """Run all stages. kv: cross-attention K/V for 2*batch rows (cond then null). -> [B, n_q, T'] int64."""
+    cfg, mask_id, span = lm.cfg, lm.mask_id, lm.cfg.span_len
+    device = lm.emb[0].weight.device
+    n_prompt = 0 if prompt is None else prompt.shape[-1]
+    chunked = span > 1 and params.span_arrangement == "nonoverlap"
+    lps = span > 1 and params.span_arrangement == "stride1"
+    t = output_frames(frames, span, params.span_arrangement)
+    seq = torch.full((batch, cfg.n_q, t), mask_id, dtype=torch.long, device=device)
+    if n_prompt:
+        seq[..., :n_prompt] = prompt
+    total, done = sum(params.decoding_steps), 0
+    for stage, n_steps in enumerate(params.decoding_steps):
+        row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
+        unit = span if chunked else 1                 # scores live on spans or on tokens
+        n_fixed = n_prompt // unit
+        scores = torch.zeros(batch, t // unit, device=device)
+        scores[:, :n_fixed] = S.DONT_REMASK
+        plan = stage_steps(stage, n_steps, t // unit - n_fixed, temperature=params.temperature,
+                           anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
+                           min_cfg_coef=params.min_cfg_coef)
+        for step in plan:
+            if lps:
+                masked = S.select_stride1(scores, step.num_masked, span)
+            else:
+                masked_units = S.select_spans(scores, step.num_masked)
+                masked = masked_units.repeat_interleave(unit, dim=-1)
+            row = row.masked_fill(masked, mask_id)
+            if n_prompt:
+                row[:, :n_prompt] = prompt[:, stage]
+            seq[:, stage] = row
+            logits = lm(torch.cat([seq, seq]), kv, stage, backend)        # [2B, T, card]
+            cond, uncond = logits.split(batch)
+            guided = S.cfg_logits(cond, uncond, step.cfg_coef)
+            probs = S.step_probs(guided, step.temperature)
+            noise = S.draw_noise(probs, generator) if params.use_sampling else None
+            tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
+                                      use_sampling=params.use_sampling)
+            was_masked = row == mask_id
+            row = torch.where(was_masked, tokens, row)
+            seq[:, stage] = row
+            if chunked:
+                scores = S.span_scores(scored, span, params.span_scoring, masked_units)
+            else:
+                scores = S.token_scores(scored, was_masked)
+            done += 1
+            if callback is not None:
+                callback(done, total)
+    return seq

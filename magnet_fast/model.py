@@ -1,0 +1,134 @@
+"""The MAGNeT language model as released (MAGNET_SPEC §2), lean for inference.
+
+- Summed codebook embeddings (codebook order), sinusoidal positions (cos first, half-1 exponent).
+- Pre-norm layers: banded/full self-attention, cross-attention over the projected T5 condition (no
+  mask: padded and null condition rows are zero vectors and still take softmax weight, as upstream),
+  GELU feed-forward. No biases except the LayerNorms and the text projection.
+- Only the current stage's output head is computed; cross-attention K/V are computed once per
+  generation (``cross_kv``) and reused for every step.
+Matmul groupings follow audiocraft's (packed self-attention in_proj, separate cross q/k/v) so CPU fp32
+results are bitwise equal to it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magnet_fast.attention import BandCache, attention
+from magnet_fast.config import MagnetConfig
+
+
+def sin_embedding(t: int, dim: int, max_period: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """[1, t, dim] positions 0..t-1: cos(phase) then sin(phase), phase = pos / P^(j / (dim/2 - 1))."""
+    half = dim // 2
+    pos = torch.arange(t, device=device).view(1, -1, 1).to(dtype)
+    j = torch.arange(half, device=device, dtype=dtype).view(1, 1, -1)
+    period = torch.full([], max_period, device=device, dtype=dtype)
+    phase = pos / (period ** (j / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)       # rows: q; k; v
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, window: int | None, backend: str, masks: BandCache) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = self.in_proj(x).view(b, t, 3, self.heads, -1)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # [B, H, T, Dh] views
+        out = attention(q, k, v, window, backend=backend, masks=masks)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def kv(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the condition [B, L, dim] -> two [B, H, L, Dh]; constant per generation."""
+        return self._split(self.k_proj(cond)), self._split(self.v_proj(cond))
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str,
+                masks: BandCache) -> torch.Tensor:
+        b, t, _ = x.shape
+        out = attention(self._split(self.q_proj(x)), kv[0], kv[1], None, backend=backend, masks=masks)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.self_attn = SelfAttention(d, cfg.num_heads)
+        self.norm_cross = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.cross_attn = CrossAttention(d, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.linear1 = nn.Linear(d, cfg.hidden_scale * d, bias=False)
+        self.linear2 = nn.Linear(cfg.hidden_scale * d, d, bias=False)
+
+    def forward(self, x, kv, window, backend, masks):
+        x = x + self.self_attn(self.norm1(x), window, backend, masks)
+        x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks)
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+
+
+class MagnetLM(nn.Module):
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text_proj = nn.Linear(cfg.t5_dim, cfg.dim)          # T5 width -> LM width, with bias
+        self.emb = nn.ModuleList(nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q))
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q))
+        self.masks = BandCache()
+        self._pos: dict = {}
+
+    @property
+    def mask_id(self) -> int:
+        return self.cfg.card
+
+    def window(self, stage: int) -> int | None:
+        """Self-attention band of a stage: None (full) for the first codebook, else subcodes_context."""
+        ctx = self.cfg.subcodes_context
+        return None if stage == 0 or ctx < 0 else ctx
+
+    def project_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """T5 hidden states [B, L, t5_dim] -> condition [B, L, dim], zero where mask is 0."""
+        return self.text_proj(hidden.to(self.text_proj.weight)) * mask.unsqueeze(-1)
+
+    def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention keys/values of the condition, computed once per generation."""
+        return [layer.cross_attn.kv(cond) for layer in self.layers]
+
+    def positions(self, t: int, dtype: torch.dtype, device) -> torch.Tensor:
+        key = (t, dtype, str(device))
+        if key not in self._pos:
+            self._pos[key] = sin_embedding(t, self.cfg.dim, self.cfg.max_period, dtype, device)
+        return self._pos[key]
+
+    def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact") -> torch.Tensor:
+        """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd)."""
+        x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
+        x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
+        window = self.window(stage)
+        for layer, layer_kv in zip(self.layers, kv):
+            x = layer(x, layer_kv, window, backend, self.masks)
+        return self.out_norm(x)
+
+    def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact") -> torch.Tensor:
+        """Logits of the stage's codebook only: [B, T, card]."""
+        return self.heads[stage](self.hidden(seq, kv, stage, backend))
