@@ -1,0 +1,239 @@
+"""Kernel benchmarks: a parity gate per (op, shape, provider), then timings, written as JSON + markdown.
+
+    python bench/run.py                      # CUDA if available, else the reduced CPU set
+    python bench/run.py --ops banded_attn --shapes T500 --out bench/results/tmp
+
+GPU timings use triton.testing.do_bench (median, p20, p80); CPU timings are time.perf_counter
+medians. Every case is built, gated and warmed up before anything is timed; a provider whose output
+fails the gate against the first (reference) provider is reported as red with no time and no speedup.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTN_ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def stamp(device: str) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return ""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+        name = f"{model[0] if model else platform.processor()} ({torch.get_num_threads()} threads)"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda, "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "bench")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version()}
+
+
+_FLEX = None
+
+
+def attn_case(dims: dict, dtype, device):
+    """-> (inputs, {provider: fn}, gate(out, ref) -> (ok, err))."""
+    from magnet_fast.kernels.banded_attn import naive
+    B, H, T, D, window = dims["B"], dims["H"], dims["T"], dims["D"], dims["window"]
+    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
+    bias_mask = None
+    if window is not None:
+        idx = torch.arange(T, device=device)
+        bias_mask = (idx[:, None] - idx[None, :]).abs() <= window                 # True = attend
+    fns = {"naive": lambda: naive.banded_attention(q, k, v, window),
+           "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask)}
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        global _FLEX
+        _FLEX = _FLEX or torch.compile(flex_attention, dynamic=False)
+        block_mask = None
+        if window is not None:
+            block_mask = create_block_mask(lambda b, h, i, j: (i - j).abs() <= window, None, None, T, T,
+                                           device=device)
+        fns["flex"] = lambda: _FLEX(q, k, v, block_mask=block_mask)
+    except ImportError:
+        pass
+    if device == "cuda":
+        from magnet_fast.kernels.banded_attn import triton as bt
+        fns["triton"] = lambda: bt.banded_attn_fwd(q, k, v, window)
+
+    def gate(out, ref):
+        err = (out.float() - ref.float()).abs().max().item()
+        return err <= ATTN_ATOL[dtype] and out.isfinite().all().item(), err
+    return fns, gate
+
+
+def sample_case(dims: dict, dtype, device):
+    from magnet_fast.kernels.sample import triton as st
+    B, T, V = dims["B"], dims["T"], dims["V"]
+    cond, uncond = (torch.randn(B, T, V, device=device).mul(3).to(dtype) for _ in range(2))
+    tokens = torch.full((B, T), V, device=device)
+    noise = torch.empty(B, T, V, device=device).exponential_(1)
+    masked = torch.ones(B, T // 3, dtype=torch.bool, device=device)
+    py = (3.0, 2.0, dims["top_p"], 0, dims["greedy"])
+    dev = [torch.tensor(x, device=device) for x in py]
+    fns = {"torch_ops": lambda: st.sample_step_ref(cond, uncond, tokens, noise, masked, *py, 3, "max",
+                                                   pairing="vocab")}
+    if device == "cuda":
+        fns["fused"] = lambda: st.sample_step_fwd(cond, uncond, tokens, noise, masked, *dev, 3, "max")
+
+    def gate(out, ref):
+        same = out[0] == ref[0]
+        err = (out[1][same] - ref[1][same]).abs().max().item() if same.any() else float("inf")
+        return same.float().mean().item() >= 0.999 and err <= 1e-5, err
+    return fns, gate
+
+
+CASES = {"banded_attn": attn_case, "sample_step": sample_case}
+
+
+def time_ms(fn, device: str, budget_s: float = 1.0) -> tuple[float, float, float]:
+    if device == "cuda":
+        from triton.testing import do_bench
+        return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    times = []
+    for _ in range(max(5, min(50, int(budget_s / max(once, 1e-6))))):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10)
+    return statistics.median(times), q[1], q[7]
+
+
+def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
+    torch._dynamo.config.recompile_limit = 256
+    plan = []
+    for op in ops:
+        cfg = REGISTRY[op]
+        providers = cfg.providers if device == "cuda" else cfg.cpu_providers
+        for shape in cfg.shapes:
+            if device != "cuda" and not (shape.cpu or cpu_all):
+                continue
+            if shape_filter and shape_filter not in shape.name:
+                continue
+            plan.append((op, shape, providers))
+    rows, gates = [], {}
+    for op, shape, providers in plan:                       # phase 1: gate + warm-up (compiles) everything
+        torch.manual_seed(0)
+        fns, gate = CASES[op](shape.dims, dtype, device)
+        ref = fns[providers[0]]()
+        for p in providers:
+            if p not in fns:
+                gates[(op, shape.name, p)] = ("unavailable", None)
+                continue
+            try:
+                ok, err = gate(fns[p](), ref)
+                gates[(op, shape.name, p)] = ("pass" if ok else "FAIL", err)
+            except Exception as e:                          # a provider that cannot run is reported, not fatal
+                gates[(op, shape.name, p)] = (f"error: {type(e).__name__}: {str(e)[:120]}", None)
+            print(f"gate {op:12s} {shape.name:28s} {p:10s} {gates[(op, shape.name, p)]}", flush=True)
+        del fns, ref
+    for op, shape, providers in plan:                       # phase 2: timing
+        torch.manual_seed(0)
+        fns, _ = CASES[op](shape.dims, dtype, device)
+        base = None
+        for p in providers:
+            status, err = gates[(op, shape.name, p)]
+            row = {"op": op, "shape": shape.name, **{f"dim_{k}": v for k, v in shape.dims.items()},
+                   "provider": p, "dtype": str(dtype).replace("torch.", ""), "gate": status, "max_abs_err": err,
+                   "ms": None, "ms_p20": None, "ms_p80": None, "speedup_vs_ref": None}
+            if status == "pass":
+                row["ms"], row["ms_p20"], row["ms_p80"] = time_ms(fns[p], device)
+                base = row["ms"] if p == providers[0] else base
+                if base:
+                    row["speedup_vs_ref"] = base / row["ms"]
+            print(f"time {op:12s} {shape.name:28s} {p:10s} {row['ms']}", flush=True)
+            rows.append(row)
+        del fns
+    return rows
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def write(rows: list[dict], meta: dict, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Kernel benchmarks: {meta['device_name']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`"
+             f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}", "",
+             "Speedup is vs the op's first (reference) provider and only shown when the gate passed.", ""]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        lines += [f"## {op}", "", "| shape | provider | dtype | ms (median) | p20–p80 | speedup | gate | max abs err |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["op"] == op):
+            lines.append(f"| {r['shape']} | {r['provider']} | {r['dtype']} | {fmt(r['ms'], '.3f')} | "
+                         f"{fmt(r['ms_p20'], '.3f')}–{fmt(r['ms_p80'], '.3f')} | {fmt(r['speedup_vs_ref'], '.2f')} | "
+                         f"{r['gate']} | {fmt(r['max_abs_err'], '.1e')} |")
+        lines.append("")
+    (out / "results.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for op in dict.fromkeys(r["op"] for r in rows):
+        timed = [r for r in rows if r["op"] == op and r["ms"]]
+        fig, ax = plt.subplots(figsize=(10, 4))
+        ax.barh([f"{r['shape']} {r['provider']}" for r in timed], [r["ms"] for r in timed])
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (median)")
+        ax.set_title(f"{op} on {meta['device_name']}")
+        fig.tight_layout()
+        fig.savefig(out / f"{op}.png", dpi=120)
+        plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    ap.add_argument("--shapes", default="", help="only shapes whose name contains this")
+    ap.add_argument("--dtype", choices=list(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cpu-all", action="store_true", help="all shapes on CPU, not the reduced set")
+    ap.add_argument("--out", type=Path, help="default: bench/results/<device>-<date>")
+    args = ap.parse_args()
+    dtype = DTYPES[args.dtype or ("fp16" if args.device == "cuda" else "fp32")]
+    meta = stamp(args.device)
+    meta["timer"] = "triton.testing.do_bench" if args.device == "cuda" else "time.perf_counter median"
+    tag = meta["device_name"].split("(")[0].strip().lower().replace(" ", "-")[:40] if args.device == "cuda" \
+        else "cpu"
+    out = args.out or ROOT / "bench" / "results" / f"{tag}-{meta['date'][:10]}"
+    rows = run(args.ops, args.shapes, dtype, args.device, args.cpu_all)
+    write(rows, meta, out)
+    print(f"wrote {out}")
+    if any(r["gate"] == "FAIL" for r in rows):
+        raise SystemExit("parity gate failed for at least one provider (see results.md)")
+
+
+if __name__ == "__main__":
+    main()
