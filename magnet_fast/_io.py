@@ -19,7 +19,7 @@ def load_pickle_safely(path: Path) -> object:
         raise CheckpointError(f"{path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+    except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(

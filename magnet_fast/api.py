@@ -7,8 +7,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
 from magnet_fast.conditioning import TextEncoder
+from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
 from magnet_fast.errors import CheckpointError, ParameterError
 from magnet_fast.generate import Params, decode, output_frames, resolve_params
 from magnet_fast.model import MagnetLM
@@ -59,21 +59,27 @@ def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.
 class MagnetFast:
     """A converted MAGNeT checkpoint ready to generate. Build it with ``from_pretrained``."""
 
-    def __init__(self, lm: MagnetLM, text: TextEncoder, cfg: MagnetConfig, path: Path | None = None):
+    def __init__(self, lm: MagnetLM, text: TextEncoder, cfg: MagnetConfig, path: Path | None = None,
+                 codec_source: str | Path | None = None, allow_download: bool = False):
         self.lm, self.text, self.config, self.path = lm, text, cfg, path
+        self._codec = None
+        self._codec_source, self._allow_download = codec_source, allow_download
         self.device = lm.emb[0].weight.device
         self.dtype = lm.emb[0].weight.dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
-                        t5: str | Path | None = None, allow_download: bool = False) -> "MagnetFast":
+                        t5: str | Path | None = None, codec: str | Path | None = None,
+                        allow_download: bool = False) -> MagnetFast:
         """Load a folder written by ``magnet-fast convert``.
 
         device: 'cpu' (float32, bitwise audiocraft parity) or 'cuda'. dtype: None picks float32 on CPU,
         bfloat16 on CUDA. t5: local T5 folder or hub name overriding config.json; by default a ``t5/``
         folder inside the model folder, else the config's name from the local HF cache.
-        allow_download: let transformers fetch the T5 from the hub if it is not cached.
+        codec: local EnCodec folder (transformers format) overriding what the converter recorded; the
+        codec is loaded on first use, so token generation never needs it.
+        allow_download: let transformers fetch the T5 / a pointer-form codec from the hub if not cached.
         """
         folder = Path(path)
         if not folder.is_dir():
@@ -93,7 +99,10 @@ class MagnetFast:
         if text.dim != cfg.t5_dim:
             raise CheckpointError(f"T5 {str(t5)!r} has width {text.dim} but the model's text projection "
                                   f"expects {cfg.t5_dim} ({cfg.t5_name}); pass the matching T5 with t5=")
-        return cls(lm, text, cfg, folder)
+        if cfg.notice:
+            import warnings
+            warnings.warn(f"{folder}: {cfg.notice}", stacklevel=2)
+        return cls(lm, text, cfg, folder, codec_source=codec, allow_download=allow_download)
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -102,7 +111,31 @@ class MagnetFast:
 
     @property
     def sample_rate(self) -> int:
-        return self.config.sample_rate
+        return self.codec.sample_rate if self._codec is not None else self.config.sample_rate
+
+    @property
+    def codec(self):
+        """The EnCodec tokenizer (transformers' EncodecModel), loaded on first use."""
+        return self.load_codec()
+
+    def load_codec(self):
+        """Load the codec now (it is otherwise loaded on first use); raises CheckpointError if unusable."""
+        if self._codec is None:
+            from magnet_fast.codec import Codec
+            if self.config.codec is None and self._codec_source is None:
+                raise CheckpointError(f"{self.path}: no codec was converted with this model; pass codec=PATH "
+                                      "(CLI: --codec PATH) to an EnCodec folder in transformers format")
+            note = self.config.codec or {"kind": "pointer", "pretrained": str(self._codec_source)}
+            codec = Codec.load(self.path, note, device=self.device, override=self._codec_source,
+                               allow_download=self._allow_download)
+            if (codec.n_q, codec.card, codec.frame_rate) != (self.config.n_q, self.config.card,
+                                                             self.config.frame_rate):
+                raise CheckpointError(
+                    f"codec has {codec.n_q} codebooks x {codec.card} at {codec.frame_rate} Hz but the LM "
+                    f"expects {self.config.n_q} x {self.config.card} at {self.config.frame_rate} Hz; pass "
+                    "the codec this model was trained with (codec=PATH)")
+            self._codec = codec
+        return self._codec
 
     @property
     def frames(self) -> int:
@@ -171,6 +204,59 @@ class MagnetFast:
                 raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
             generator = torch.Generator(device=self.device).manual_seed(seed)
         return self._decode(descriptions, params, prompt, generator, progress)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Codec tokens [B, n_q, T] -> audio [B, channels, T * hop] at ``sample_rate``."""
+        return self.codec.decode(tokens)
+
+    def encode(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [B, C, S] (or [C, S] / [S]) at ``sample_rate`` -> codec tokens [B, n_q, T]."""
+        if not isinstance(wav, torch.Tensor):
+            raise ParameterError("wav must be a torch.Tensor of audio samples")
+        while wav.dim() < 3:
+            wav = wav.unsqueeze(0)
+        return self.codec.encode(wav.to(self.device), sample_rate)
+
+    def prompt_tokens(self, prompt_audio, batch: int, prompt_sample_rate: int | None = None) -> torch.Tensor:
+        """Audio prompt (path, or tensor [S] / [C, S] / [B, C, S] with prompt_sample_rate) -> tokens."""
+        from magnet_fast.audio import read_audio
+        if isinstance(prompt_audio, (str, Path)):
+            wav, prompt_sample_rate = read_audio(prompt_audio)
+        elif isinstance(prompt_audio, torch.Tensor):
+            if prompt_sample_rate is None:
+                raise ParameterError("a tensor prompt_audio needs prompt_sample_rate")
+            wav = prompt_audio
+        else:
+            raise ParameterError("prompt_audio must be a file path or a tensor of samples")
+        while wav.dim() < 3:
+            wav = wav.unsqueeze(0)
+        if not torch.isfinite(wav).all():
+            raise ParameterError("prompt audio contains NaN or inf samples")
+        seconds = wav.shape[-1] / prompt_sample_rate
+        if seconds >= self.duration:
+            raise ParameterError(f"prompt audio is {seconds:.2f} s; it must be shorter than the model's "
+                                 f"{self.duration:g} s")
+        if wav.shape[0] == 1 and batch > 1:
+            wav = wav.expand(batch, -1, -1)
+        if wav.shape[0] != batch:
+            raise ParameterError(f"prompt audio has {wav.shape[0]} rows for {batch} descriptions")
+        return self.encode(wav.float(), prompt_sample_rate)
+
+    def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Text (and optional audio prompt to continue) -> audio [B, channels, samples] at sample_rate.
+
+        Takes every keyword of ``generate_tokens`` (seed, decoding_steps, temperature, top_p, ...).
+        The prompt audio is encoded and continued; the output starts with it, as in audiocraft.
+        """
+        if prompt_audio is not None:
+            if kwargs.get("prompt") is not None:
+                raise ParameterError("pass either prompt (tokens) or prompt_audio, not both")
+            self._check_descriptions(descriptions)
+            kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
+        else:
+            self.load_codec()                              # fail before decoding if there is no codec
+        return self.decode(self.generate_tokens(descriptions, **kwargs))
 
     def _decode(self, descriptions, params: Params, prompt, generator, progress: bool) -> torch.Tensor:
         cond = self.condition(descriptions)

@@ -19,6 +19,8 @@ class TextEncoder:
     def __init__(self, name_or_path: str | Path, device: torch.device | str = "cpu",
                  allow_download: bool = False):
         from transformers import T5EncoderModel, T5Tokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
         where = str(name_or_path)
         try:
             self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=not allow_download)

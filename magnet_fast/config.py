@@ -52,6 +52,7 @@ class MagnetConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     codec: dict | None = None          # what the converter saw of compression_state_dict.bin
     source: dict | None = None         # provenance: file names, sha256, audiocraft version
+    notice: str | None = None          # shown to users on load (e.g. "untrained demo weights")
 
     @property
     def head_dim(self) -> int:
@@ -71,7 +72,7 @@ class MagnetConfig:
         (Path(folder) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> "MagnetConfig":
+    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> MagnetConfig:
         d = dict(d)
         fmt = d.pop("format", None)
         if fmt != FORMAT:
@@ -93,7 +94,7 @@ class MagnetConfig:
         return cfg
 
     @classmethod
-    def load(cls, folder: Path) -> "MagnetConfig":
+    def load(cls, folder: Path) -> MagnetConfig:
         path = Path(folder) / CONFIG_NAME
         try:
             raw = json.loads(path.read_text())

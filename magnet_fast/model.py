@@ -125,7 +125,7 @@ class MagnetLM(nn.Module):
         x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
         window = self.window(stage)
-        for layer, layer_kv in zip(self.layers, kv):
+        for layer, layer_kv in zip(self.layers, kv, strict=True):
             x = layer(x, layer_kv, window, backend, self.masks)
         return self.out_norm(x)
 

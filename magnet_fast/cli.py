@@ -1,0 +1,244 @@
+"""``magnet-fast``: generate | convert | info. Bad input -> one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "magnet-tiny-demo"
+
+
+class UsageError(Exception):
+    """A command-line mistake (bad flag value, unreadable prompts file, ...)."""
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _float_pair(text: str, name: str) -> tuple[float, float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise UsageError(f"{name} must be MAX,MIN (two numbers), got {text!r}")
+    return values[0], values[1]
+
+
+def read_prompts(args) -> list[str | None]:
+    """Prompts from the command line and --prompts-file; --unconditional turns each into None."""
+    prompts: list[str | None] = list(args.prompts)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"prompts file {path} is not readable text ({e})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UsageError(f"{path}:{n} is not valid JSON") from None
+                text = item.get("description", item.get("text")) if isinstance(item, dict) else item
+                if text is not None and not isinstance(text, str):
+                    raise UsageError(f"{path}:{n} needs a string 'description'")
+                prompts.append(text)
+            else:
+                prompts.append(line.strip())
+    if args.unconditional:
+        return [None] * max(1, len(prompts))
+    if not prompts:
+        raise UsageError("no prompts: pass at least one text (or --prompts-file FILE)")
+    if any(p is not None and not p.strip() for p in prompts):
+        raise UsageError("empty prompt text; use --unconditional for unconditional generation")
+    return prompts
+
+
+def generation_overrides(args) -> dict:
+    """CLI flags -> generate_tokens keywords (None = the model's default)."""
+    params = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+              "span_scoring": args.span_scoring}
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None:
+        if args.top_p is not None:
+            raise UsageError("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
+        params["top_p"] = 0.0                       # otherwise the model's default top_p would win
+    if args.steps:
+        params["decoding_steps"] = _int_list(args.steps, "--steps")
+    if args.cfg:
+        params["max_cfg_coef"], params["min_cfg_coef"] = _float_pair(args.cfg, "--cfg")
+    if args.stride1:
+        params["span_arrangement"] = "stride1"
+    if args.greedy:
+        params["use_sampling"] = False
+    if args.no_anneal:
+        params["anneal_temp"] = False
+    return params
+
+
+def cmd_generate(args) -> int:
+    from magnet_fast import MagnetFast
+    from magnet_fast.audio import check_writable, output_paths, write_wav
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.generate import resolve_params
+    prompts = read_prompts(args)
+    params = generation_overrides(args)
+    model_dir = Path(args.model) if args.model else DEMO_MODEL
+    if not model_dir.is_dir():
+        raise UsageError(f"model folder {model_dir} not found; pass --model DIR (a folder made by "
+                         "`magnet-fast convert`)")
+    if (model_dir / "state_dict.bin").exists() and not (model_dir / "config.json").exists():
+        raise UsageError(f"{model_dir} is an audiocraft export, not a converted model: run "
+                         f"`magnet-fast convert {model_dir} OUT` and pass --model OUT")
+    cfg = MagnetConfig.load(model_dir)
+    resolve_params(cfg.generation, cfg.n_q, **params)            # every value checked before loading
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out) if args.out else None
+    if args.tokens_only:
+        paths = [out if out is not None and out.suffix == ".safetensors"
+                 else (out or Path("outputs")) / "tokens.safetensors"]
+    else:
+        paths = output_paths(out, prompts, Path("outputs"))
+    check_writable(paths, args.force)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)          # the notice is printed once below
+        model = MagnetFast.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
+                                           codec=args.codec, allow_download=args.allow_download)
+    if model.config.notice:
+        print(f"note: {model.config.notice}", file=sys.stderr)
+    t0 = time.perf_counter()
+    if args.prompt_audio:
+        params["prompt"] = model.prompt_tokens(args.prompt_audio, len(prompts))
+    elif not args.tokens_only:
+        model.load_codec()                                    # fail now, not after decoding
+    tokens = model.generate_tokens(prompts, seed=args.seed, progress=not args.quiet, **params)
+    if args.tokens_only:
+        from safetensors.torch import save as save_bytes
+
+        from magnet_fast._io import atomic_write_bytes
+        atomic_write_bytes(paths[0], save_bytes({"tokens": tokens.cpu().contiguous()}))
+        print(f"wrote {paths[0]}: tokens {list(tokens.shape)} in {time.perf_counter() - t0:.2f} s "
+              f"on {model.device}")
+        return 0
+    wav = model.decode(tokens)
+    wall = time.perf_counter() - t0
+    clipped = sum(write_wav(path, w, model.sample_rate) for path, w in zip(paths, wav, strict=True))
+    for path in paths:
+        print(path)
+    audio_s = wav.shape[-1] / model.sample_rate * wav.shape[0]
+    note = f", {clipped} samples clipped" if clipped else ""
+    print(f"{len(paths)} file(s), {audio_s:.2f} s of audio in {wall:.2f} s (real-time factor "
+          f"{audio_s / wall:.2f}x) on {model.device} {str(model.dtype).replace('torch.', '')}{note}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from magnet_fast.convert import convert
+    t0 = time.perf_counter()
+    out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.force)
+    print(f"converted {args.src} -> {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from safetensors import safe_open
+
+    from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
+    folder = Path(args.model) if args.model else DEMO_MODEL
+    cfg = MagnetConfig.load(folder)
+    params, dtypes = 0, set()
+    with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+        for key in f.keys():
+            sl = f.get_slice(key)
+            n = 1
+            for d in sl.get_shape():
+                n *= d
+            params += n
+            dtypes.add(sl.get_dtype())
+    info = {"model": str(folder), "parameters": params, "dtypes": sorted(dtypes), **cfg.to_dict()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    g = cfg.generation
+    print(f"{folder}\n  LM: {params / 1e6:.1f} M parameters ({', '.join(sorted(dtypes))}), dim {cfg.dim}, "
+          f"{cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.n_q} codebooks x {cfg.card}")
+    print(f"  audio: {cfg.segment_duration:g} s at {cfg.frame_rate} Hz frames ({cfg.frames}), "
+          f"{cfg.sample_rate} Hz; span {cfg.span_len}, band +-{cfg.subcodes_context}")
+    print(f"  text: {cfg.t5_name} (width {cfg.t5_dim})" + ("; bundled t5/" if (folder / "t5").is_dir() else ""))
+    print(f"  codec: {json.dumps(cfg.codec)}")
+    print(f"  defaults: steps {list(g.decoding_steps)}, temperature {g.temperature}, top_p {g.top_p}, "
+          f"top_k {g.top_k}, cfg {g.max_cfg_coef}->{g.min_cfg_coef}, {g.span_arrangement}/{g.span_scoring}")
+    if cfg.notice:
+        print(f"  note: {cfg.notice}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="magnet-fast", description="Fast, faithful MAGNeT inference.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="text -> WAV (one file per prompt)")
+    g.add_argument("prompts", nargs="*", help="text descriptions")
+    g.add_argument("--prompts-file", help="one prompt per line (.txt) or {'description': ...} per line (.jsonl)")
+    g.add_argument("--model", help=f"converted model folder (default: the bundled demo, {DEMO_MODEL.name})")
+    g.add_argument("--out", help="output .wav (one prompt) or folder (default: ./outputs)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--steps", help="decoding steps per codebook, e.g. 20,10,10,10")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--cfg", help="CFG coefficient annealed MAX,MIN, e.g. 10,1")
+    g.add_argument("--stride1", action="store_true", help="overlapping-span masking (the demo's setting)")
+    g.add_argument("--span-scoring", choices=["max", "prod"])
+    g.add_argument("--greedy", action="store_true", help="argmax decoding (no sampling)")
+    g.add_argument("--no-anneal", action="store_true", help="constant temperature")
+    g.add_argument("--unconditional", action="store_true", help="ignore the texts (null condition)")
+    g.add_argument("--prompt-audio", help="audio file to continue (shorter than the model's duration)")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--t5", help="local T5 folder (default: the model's t5/ or its config name)")
+    g.add_argument("--codec", help="local EnCodec folder (transformers format) overriding the model's")
+    g.add_argument("--allow-download", action="store_true", help="let transformers fetch T5/codec from the hub")
+    g.add_argument("--tokens-only", action="store_true", help="write tokens (.safetensors) instead of audio")
+    g.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("convert", help="audiocraft export folder -> converted model folder")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="default: keep stored dtype")
+    c.add_argument("--force", action="store_true", help="replace an existing output folder")
+    c.set_defaults(func=cmd_convert)
+    i = sub.add_parser("info", help="describe a converted model")
+    i.add_argument("model", nargs="?")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from magnet_fast.errors import MagnetFastError
+    try:
+        return args.func(args)
+    except (MagnetFastError, UsageError) as e:
+        print(f"magnet-fast: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("magnet-fast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
