@@ -12,7 +12,7 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no C
   git rev-parse HEAD; } > "$OUT/env.txt" 2>&1
 rc=0
 # unset TRITON_INTERPRET: conftest only sets it without CUDA, but an inherited value would hide the GPU
-env -u TRITON_INTERPRET python -m pytest -m gpu tests/test_kernel_banded_attn.py tests/test_kernel_sample.py \
+env -u TRITON_INTERPRET pytest -m gpu tests/test_kernel_banded_attn.py tests/test_kernel_sample.py \
     -p no:cacheprovider -rA --durations=20 --junitxml "$OUT/pytest-gpu.xml" > "$OUT/pytest-gpu.log" 2>&1 || rc=1
 tail -3 "$OUT/pytest-gpu.log"
 for dt in fp16 bf16 fp32; do
