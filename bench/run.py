@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -48,7 +49,8 @@ def stamp(device: str) -> dict:
             "cuda": torch.version.cuda, "git_commit": git("rev-parse", "HEAD"),
             "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "bench")),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 _FLEX = None
@@ -110,21 +112,27 @@ def sample_case(dims: dict, dtype, device):
 CASES = {"banded_attn": attn_case, "sample_step": sample_case}
 
 
-def time_ms(fn, device: str, budget_s: float = 1.0) -> tuple[float, float, float]:
+def time_providers(fns: dict, device: str, budget_s: float = 1.5) -> dict:
+    """{provider: (median, p20, p80) ms}. On CPU the providers are timed round-robin (one call each per
+    round), so load from other processes on the machine hits all of them alike."""
     if device == "cuda":
         from triton.testing import do_bench
-        return tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    fn()
+        return {p: tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8])) for p, fn in fns.items()}
     t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    times = []
-    for _ in range(max(5, min(50, int(budget_s / max(once, 1e-6))))):
-        t0 = time.perf_counter()
+    for fn in fns.values():
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10)
-    return statistics.median(times), q[1], q[7]
+    once = time.perf_counter() - t0
+    times = {p: [] for p in fns}
+    for _ in range(max(7, min(50, int(budget_s / max(once, 1e-6))))):
+        for p, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[p].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for p, ts in times.items():
+        q = statistics.quantiles(ts, n=10)
+        out[p] = (statistics.median(ts), q[1], q[7])
+    return out
 
 
 def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
@@ -158,17 +166,17 @@ def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
     for op, shape, providers in plan:                       # phase 2: timing
         torch.manual_seed(0)
         fns, _ = CASES[op](shape.dims, dtype, device)
-        base = None
+        ok = [p for p in providers if gates[(op, shape.name, p)][0] == "pass"]
+        timed = time_providers({p: fns[p] for p in ok}, device)
+        base = timed.get(providers[0], (None,))[0]
         for p in providers:
             status, err = gates[(op, shape.name, p)]
             row = {"op": op, "shape": shape.name, **{f"dim_{k}": v for k, v in shape.dims.items()},
                    "provider": p, "dtype": str(dtype).replace("torch.", ""), "gate": status, "max_abs_err": err,
                    "ms": None, "ms_p20": None, "ms_p80": None, "speedup_vs_ref": None}
-            if status == "pass":
-                row["ms"], row["ms_p20"], row["ms_p80"] = time_ms(fns[p], device)
-                base = row["ms"] if p == providers[0] else base
-                if base:
-                    row["speedup_vs_ref"] = base / row["ms"]
+            if p in timed:
+                row["ms"], row["ms_p20"], row["ms_p80"] = timed[p]
+                row["speedup_vs_ref"] = base / row["ms"] if base else None
             print(f"time {op:12s} {shape.name:28s} {p:10s} {row['ms']}", flush=True)
             rows.append(row)
         del fns
@@ -184,7 +192,8 @@ def write(rows: list[dict], meta: dict, out: Path):
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# Kernel benchmarks: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`"
-             f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}", "",
+             f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}, load average "
+             f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
              "Speedup is vs the op's first (reference) provider and only shown when the gate passed.", ""]
     for op in dict.fromkeys(r["op"] for r in rows):
         lines += [f"## {op}", "", "| shape | provider | dtype | ms (median) | p20–p80 | speedup | gate | max abs err |",
@@ -220,8 +229,11 @@ def main():
     ap.add_argument("--dtype", choices=list(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cpu-all", action="store_true", help="all shapes on CPU, not the reduced set")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's")
     ap.add_argument("--out", type=Path, help="default: bench/results/<device>-<date>")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype or ("fp16" if args.device == "cuda" else "fp32")]
     meta = stamp(args.device)
     meta["timer"] = "triton.testing.do_bench" if args.device == "cuda" else "time.perf_counter median"
@@ -229,6 +241,7 @@ def main():
         else "cpu"
     out = args.out or ROOT / "bench" / "results" / f"{tag}-{meta['date'][:10]}"
     rows = run(args.ops, args.shapes, dtype, args.device, args.cpu_all)
+    meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     write(rows, meta, out)
     print(f"wrote {out}")
     if any(r["gate"] == "FAIL" for r in rows):
