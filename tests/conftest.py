@@ -26,9 +26,12 @@ def pytest_collection_modifyitems(config, items):
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs CUDA")
+    no_interp = pytest.mark.skip(reason="no CUDA and TRITON_INTERPRET != 1: Triton kernels cannot launch")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+        elif "interp" in item.keywords and os.environ.get("TRITON_INTERPRET") != "1":
+            item.add_marker(no_interp)
 
 
 @pytest.fixture(autouse=True)

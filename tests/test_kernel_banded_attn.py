@@ -156,7 +156,7 @@ def test_gpu_compile_and_cuda_graph():
     bt.banded_attn_fwd(*static, 5)                                           # warm-up / compile
     with torch.cuda.graph(graph):
         out = bt.banded_attn_fwd(*static, 5)
-    for x, y in zip(static, qkv(2, 16, 500, 64, torch.float16, device="cuda", seed=1)):
+    for x, y in zip(static, qkv(2, 16, 500, 64, torch.float16, device="cuda", seed=1), strict=True):
         x.copy_(y)
     graph.replay()
     torch.testing.assert_close(out, bt.banded_attn_fwd(*static, 5), atol=0, rtol=0)

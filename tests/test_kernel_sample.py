@@ -174,7 +174,7 @@ def test_op_cpu_is_naive_and_compiles():
     sc = scalars("top_p0.9")
     out = st.sample_step_op(*step, coef=sc[0], temperature=sc[1], top_p=sc[2], top_k=sc[3], greedy=sc[4])
     ref = st.sample_step_ref(*step, *sc, 3, "max")
-    for a, b in zip(out, ref):
+    for a, b in zip(out, ref, strict=True):
         assert torch.equal(a, b)
     out_sorted = st.sample_step_op(*step, coef=3.0, temperature=2.0, top_p=0.9, pairing="sorted")
     assert torch.equal(out_sorted[0], st.sample_step_ref(*step, *sc, 3, "max", pairing="sorted")[0])

@@ -91,7 +91,7 @@ def sample_step_kernel(
         b_kept = tl.where(b_keep, b_p, 0.0)
         b_kept = b_kept / tl.sum(b_kept, 0)
         b_e = tl.load(noise + (i_b * T + i_t) * V + o_v, mask=m_v, other=1.0)
-        b_race = tl.where(m_v, b_kept / b_e, -1.0)
+        b_race = tl.where(b_kept > 0.0, b_kept / b_e, -1.0)              # dropped lanes never win, even if E = 0
         if greedy:
             i_tok = tl.argmax(tl.where(m_v, b_logit, float("-inf")), 0)
         else:
