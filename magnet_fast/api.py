@@ -148,9 +148,31 @@ class MagnetFast:
     # ----------------------------------------------------------------------------------- work
     def condition(self, descriptions: list[str | None]) -> torch.Tensor:
         """Descriptions -> LM condition [2B, L, dim] (cond rows then null rows; null rows are zero)."""
-        hidden, mask = self.text.encode(descriptions)
+        return self._conditioning(descriptions, batch_invariant=False)[0]
+
+    def _conditioning(self, descriptions, batch_invariant: bool):
+        """(condition [2B, L, dim], per-row condition lengths for cross-attention or None).
+
+        Default (audiocraft's behaviour): the texts are encoded as one padded batch and cross-attention
+        attends over the padding, so a row depends on its batch mates. batch_invariant: each text is
+        encoded alone and padding is masked out of cross-attention (null rows keep their all-zero keys).
+        """
+        if not batch_invariant:
+            hidden, mask = self.text.encode(descriptions)
+            with torch.inference_mode():
+                return self.lm.project_text(hidden.to(self.device), mask.to(self.device)), None
+        parts = [self.text.encode([d]) for d in descriptions]             # each: [2, L_i, width]
+        n, width = len(descriptions), self.text.dim
+        length = max(h.shape[1] for h, _ in parts)
+        hidden = torch.zeros(2 * n, length, width, device=self.text.device)
+        mask = torch.zeros(2 * n, length, dtype=torch.long, device=self.text.device)
+        for i, (h, m) in enumerate(parts):
+            hidden[i, : h.shape[1]] = h[0]
+            mask[i, : m.shape[1]] = m[0]
+        # null rows have zero keys/values: attending to one of them gives exactly 0, as with the padding
+        lengths = tuple(max(1, int(m.sum())) for m in mask)
         with torch.inference_mode():
-            return self.lm.project_text(hidden.to(self.device), mask.to(self.device))
+            return self.lm.project_text(hidden.to(self.device), mask.to(self.device)), lengths
 
     def _check_descriptions(self, descriptions) -> list[str | None]:
         if isinstance(descriptions, str) or not isinstance(descriptions, (list, tuple)):
@@ -180,17 +202,25 @@ class MagnetFast:
             raise ParameterError(f"prompt tokens must be in [0, {self.config.card})")
         return prompt.to(device=self.device, dtype=torch.long)
 
-    def generate_tokens(self, descriptions, *, seed: int | None = None, prompt: torch.Tensor | None = None,
+    def generate_tokens(self, descriptions, *, seed: int | list[int] | None = None,
+                        prompt: torch.Tensor | None = None,
                         decoding_steps=None, temperature=None, top_p=None, top_k=None,
                         use_sampling: bool = True, max_cfg_coef=None, min_cfg_coef=None,
                         span_arrangement=None, span_scoring=None, anneal_temp: bool = True,
-                        progress: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+                        progress: bool = False, generator: torch.Generator | None = None,
+                        batch_invariant: bool = False) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
 
         None means the model's default (config.json). ``seed`` draws from a private generator seeded
         with it (same stream as ``torch.manual_seed(seed)``, without touching the global RNG);
         seed=None uses ``generator`` if given, else torch's global generator. Descriptions may contain
         None (unconditional rows).
+
+        batch_invariant=True (a deviation from audiocraft, off by default): each text is encoded alone, text
+        padding is masked out of cross-attention and every row samples from its own stream (seeded
+        ``seed + i``, or ``seed[i]`` when seed is a list), so a row's tokens depend only on its text and
+        its seed, not on its batch mates. A list of seeds also works without batch_invariant (one stream
+        per row, audiocraft's conditioning).
         """
         descriptions = self._check_descriptions(descriptions)
         params = resolve_params(self.config.generation, self.config.n_q, decoding_steps=decoding_steps,
@@ -200,10 +230,16 @@ class MagnetFast:
                                 span_scoring=span_scoring, anneal_temp=anneal_temp)
         prompt = self._check_prompt(prompt, len(descriptions), params)
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self._decode(descriptions, params, prompt, generator, progress)
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+            if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+                raise ParameterError(f"seed must be a non-negative integer (or a list of them), got {seed!r}")
+            if isinstance(seed, (list, tuple)) and len(seeds) != len(descriptions):
+                raise ParameterError(f"{len(seeds)} seeds for {len(descriptions)} descriptions")
+            if batch_invariant and len(seeds) == 1:
+                seeds = [seeds[0] + i for i in range(len(descriptions))]
+            gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+            generator = gens if isinstance(seed, (list, tuple)) or batch_invariant else gens[0]
+        return self._decode(descriptions, params, prompt, generator, progress, bool(batch_invariant))
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Codec tokens [B, n_q, T] -> audio [B, channels, T * hop] at ``sample_rate``."""
@@ -258,8 +294,9 @@ class MagnetFast:
             self.load_codec()                              # fail before decoding if there is no codec
         return self.decode(self.generate_tokens(descriptions, **kwargs))
 
-    def _decode(self, descriptions, params: Params, prompt, generator, progress: bool) -> torch.Tensor:
-        cond = self.condition(descriptions)
+    def _decode(self, descriptions, params: Params, prompt, generator, progress: bool,
+                batch_invariant: bool = False) -> torch.Tensor:
+        cond, cross_lengths = self._conditioning(descriptions, batch_invariant)
         with torch.inference_mode():
             kv = self.lm.cross_kv(cond)
         bar = callback = None
@@ -271,7 +308,8 @@ class MagnetFast:
                 bar.update(1)
         try:
             return decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
-                          generator=generator, backend=self.attention_backend, callback=callback)
+                          generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
+                          callback=callback)
         finally:
             if bar is not None:
                 bar.close()

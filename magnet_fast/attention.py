@@ -35,13 +35,22 @@ class BandCache:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, *,
-              backend: str = "exact", masks: BandCache | None = None) -> torch.Tensor:
+              backend: str = "exact", masks: BandCache | None = None,
+              key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
     """q [B, H, Tq, D], k/v [B, H, Tk, D] (strided views fine) -> [B, H, Tq, D] in q's dtype.
 
     window: None for full attention, else keys with |q - k| <= window (self-attention only, Tq == Tk).
+    key_lengths: cross-attention only: row i attends to its first key_lengths[i] keys (its unpadded text).
+    Rows are then computed one by one over exactly their own keys, so no result depends on how long
+    another row's text is (a masked softmax over the padded length would still round differently).
     """
     if window is not None and q.shape[-2] != k.shape[-2]:
         raise ValueError("a band needs as many keys as queries")
+    if key_lengths is not None:
+        if window is not None or len(key_lengths) != q.shape[0]:
+            raise ValueError("key_lengths needs cross-attention (no band) and one length per row")
+        return torch.cat([attention(q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, backend=backend)
+                          for i, n in enumerate(key_lengths)])
     masks = masks or BandCache()
     if backend == "exact":
         bias = masks.get("bias", q.shape[-2], window, q.device) if window is not None else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from magnet_fast.config import SPAN_ARRANGEMENTS, SPAN_SCORINGS, GenerationDefaults
-from magnet_fast.errors import ParameterError
+from magnet_fast.errors import NumericsError, ParameterError
 from magnet_fast.kernels.sample import naive as S
 from magnet_fast.model import MagnetLM
 from magnet_fast.schedule import stage_steps
@@ -72,9 +72,17 @@ def output_frames(frames: int, span_len: int, arrangement: str) -> int:
 
 @torch.inference_mode()
 def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
-           prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
-           backend: str = "exact", callback=None) -> torch.Tensor:
-    """Run all stages. kv: cross-attention K/V for 2*batch rows (cond then null). -> [B, n_q, T'] int64."""
+           prompt: torch.Tensor | None = None,
+           generator: torch.Generator | list[torch.Generator] | None = None,
+           backend: str = "exact", cross_lengths: tuple[int, ...] | None = None,
+           callback=None) -> torch.Tensor:
+    """Run all stages. kv: cross-attention K/V for 2*batch rows (cond then null). -> [B, n_q, T'] int64.
+
+    generator: one stream for the whole batch (audiocraft's draw order), or one per row (each row's noise
+    then depends only on its own stream: batch-invariant sampling).
+    Non-finite probabilities are flagged on the device (no per-step sync) and raise NumericsError at the
+    end of the generation instead of returning tokens sampled from garbage.
+    """
     cfg, mask_id, span = lm.cfg, lm.mask_id, lm.cfg.span_len
     device = lm.emb[0].weight.device
     n_prompt = 0 if prompt is None else prompt.shape[-1]
@@ -85,6 +93,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
     if n_prompt:
         seq[..., :n_prompt] = prompt
     total, done = sum(params.decoding_steps), 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for stage, n_steps in enumerate(params.decoding_steps):
         row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
         unit = span if chunked else 1                 # scores live on spans or on tokens
@@ -104,11 +113,15 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
             if n_prompt:
                 row[:, :n_prompt] = prompt[:, stage]
             seq[:, stage] = row
-            logits = lm(torch.cat([seq, seq]), kv, stage, backend)        # [2B, T, card]
+            logits = lm(torch.cat([seq, seq]), kv, stage, backend, cross_lengths)   # [2B, T, card]
             cond, uncond = logits.split(batch)
             guided = S.cfg_logits(cond, uncond, step.cfg_coef)
             probs = S.step_probs(guided, step.temperature)
-            noise = S.draw_noise(probs, generator) if params.use_sampling else None
+            nonfinite |= ~torch.isfinite(probs).all()
+            noise = None
+            if params.use_sampling:
+                noise = (torch.stack([S.draw_noise(p, g) for p, g in zip(probs, generator, strict=True)])
+                         if isinstance(generator, list) else S.draw_noise(probs, generator))
             tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
                                       use_sampling=params.use_sampling)
             was_masked = row == mask_id
@@ -121,4 +134,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
             done += 1
             if callback is not None:
                 callback(done, total)
+    if nonfinite:
+        raise NumericsError("non-finite probabilities reached sampling (overflow in the LM or CFG?); "
+                            "try float32 (dtype='float32') or a smaller cfg coefficient")
     return seq

@@ -61,9 +61,10 @@ class CrossAttention(nn.Module):
         return self._split(self.k_proj(cond)), self._split(self.v_proj(cond))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str,
-                masks: BandCache) -> torch.Tensor:
+                masks: BandCache, key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        out = attention(self._split(self.q_proj(x)), kv[0], kv[1], None, backend=backend, masks=masks)
+        out = attention(self._split(self.q_proj(x)), kv[0], kv[1], None, backend=backend, masks=masks,
+                        key_lengths=key_lengths)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -79,9 +80,9 @@ class Layer(nn.Module):
         self.linear1 = nn.Linear(d, cfg.hidden_scale * d, bias=False)
         self.linear2 = nn.Linear(cfg.hidden_scale * d, d, bias=False)
 
-    def forward(self, x, kv, window, backend, masks):
+    def forward(self, x, kv, window, backend, masks, key_lengths=None):
         x = x + self.self_attn(self.norm1(x), window, backend, masks)
-        x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks)
+        x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks, key_lengths)
         return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
 
 
@@ -120,15 +121,21 @@ class MagnetLM(nn.Module):
             self._pos[key] = sin_embedding(t, self.cfg.dim, self.cfg.max_period, dtype, device)
         return self._pos[key]
 
-    def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact") -> torch.Tensor:
-        """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd)."""
+    def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
+               cross_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+        """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd).
+
+        cross_lengths: per row, how many condition positions to attend (batch-invariant mode); None
+        attends over every padded position like audiocraft.
+        """
         x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
         window = self.window(stage)
         for layer, layer_kv in zip(self.layers, kv, strict=True):
-            x = layer(x, layer_kv, window, backend, self.masks)
+            x = layer(x, layer_kv, window, backend, self.masks, cross_lengths)
         return self.out_norm(x)
 
-    def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact") -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
+                cross_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
         """Logits of the stage's codebook only: [B, T, card]."""
-        return self.heads[stage](self.hidden(seq, kv, stage, backend))
+        return self.heads[stage](self.hidden(seq, kv, stage, backend, cross_lengths))

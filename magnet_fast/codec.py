@@ -1,0 +1,537 @@
+"""EnCodec, MAGNeT's audio tokenizer: audiocraft's ``compression_state_dict.bin`` -> transformers' EncodecModel.
+
+transformers' ``EncodecModel`` is the same network as audiocraft's SEANet EnCodec (MAGNET_SPEC §7) once
+its config carries audiocraft's settings (``pad_mode`` in particular) and the state dict is renamed:
+
+    encoder.model.N. / decoder.model.N.        -> encoder.layers.N. / decoder.layers.N.
+    .conv.conv. / .convtr.convtr.              -> .conv.
+    weight_g / weight_v                        -> parametrizations.weight.original0 / original1
+    quantizer.vq.layers.N._codebook.           -> quantizer.layers.N.codebook.
+
+``compression_state_dict.bin`` comes in two forms (MAGNET_SPEC §1.1):
+  * a hub pointer ``{'pretrained': 'facebook/encodec_32khz', ...}``: audiocraft itself then loads
+    transformers' hub model, so do we (nothing to convert);
+  * a full export ``{'xp.cfg': YAML str, 'best_state': state dict, 'version', 'exported'}`` (as written by
+    ``audiocraft.utils.export.export_encodec``): converted here to a transformers folder
+    (config.json + model.safetensors, float32).
+
+``Codec`` wraps the loaded model with audiocraft's calling conventions: ``decode(codes)`` returns what
+``compression_model.decode(codes, None)`` returns, ``encode(wav, sample_rate)`` converts the audio like
+``audiocraft.data.audio_utils.convert_audio`` (resample, then mix channels) and returns the codes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+import yaml
+
+from magnet_fast._io import load_pickle_safely
+from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
+
+# hub codecs a pointer-form file may name: (sample_rate, frame_rate)
+KNOWN_POINTERS = {"facebook/encodec_32khz": (32000, 50), "facebook/encodec_24khz": (24000, 75)}
+# names audiocraft's CompressionModel.get_pretrained resolves to something that is not an EnCodec
+NON_ENCODEC_POINTERS = ("dac_44khz", "dac_24khz", "debug_compression_model")
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+# SEANetEncoder/SEANetDecoder constructor defaults (audiocraft 1.3.0), used when xp.cfg omits a key
+SEANET_DEFAULTS = {
+    "channels": 1, "dimension": 128, "n_filters": 32, "n_residual_layers": 3, "ratios": [8, 5, 4, 2],
+    "activation": "ELU", "activation_params": {"alpha": 1.0}, "norm": "none", "norm_params": {},
+    "kernel_size": 7, "last_kernel_size": 7, "residual_kernel_size": 3, "dilation_base": 2,
+    "causal": False, "pad_mode": "reflect", "true_skip": True, "compress": 2, "lstm": 0,
+    "disable_norm_outer_blocks": 0,
+}
+DECODER_ONLY_DEFAULTS = {"final_activation": None, "final_activation_params": None, "trim_right_ratio": 1.0}
+
+_MISSING = object()
+_INTERP = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
+
+
+# ------------------------------------------------------------------------------------------ xp.cfg
+class _Xp:
+    """Read-only view of a parsed xp.cfg that resolves OmegaConf ``${a.b}`` references on access.
+
+    audiocraft writes xp.cfg with ``OmegaConf.to_yaml`` (unresolved), so e.g. ``encodec.sample_rate`` is
+    the string ``'${sample_rate}'`` and ``seanet.causal`` is ``'${encodec.causal}'``.
+    """
+
+    def __init__(self, root: dict):
+        self.root = root
+
+    def get(self, dotted: str, default=_MISSING):
+        return self._resolve(self._lookup(dotted, default), dotted, 0)
+
+    def _lookup(self, dotted: str, default=_MISSING):
+        node = self.root
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    raise ConfigError(f"compression xp.cfg has no '{dotted}'; is this an EnCodec export?")
+                return default
+            node = node[part]
+        return node
+
+    def _resolve(self, value, where: str, depth: int):
+        if depth > 16:
+            raise ConfigError(f"compression xp.cfg: '{where}' has a cyclic ${{...}} reference")
+        if isinstance(value, str) and "${" in value:
+            m = _INTERP.match(value.strip())
+            if not m:
+                raise ConfigError(f"compression xp.cfg: '{where}' = {value!r} uses an OmegaConf expression "
+                                  "this converter cannot resolve (only plain ${a.b} references are)")
+            return self._resolve(self._lookup(m.group(1)), m.group(1), depth + 1)
+        if isinstance(value, dict):
+            return {k: self._resolve(v, f"{where}.{k}", depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+        return value
+
+
+def _as_int(value, field: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        raise ConfigError(f"compression xp.cfg: {field} = {value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def _as_bool(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"compression xp.cfg: {field} = {value!r} must be true or false")
+    return value
+
+
+def _unsupported(field: str, value, why: str) -> ConfigError:
+    return ConfigError(f"compression xp.cfg: {field} = {value!r} is not supported: {why}. transformers' "
+                       "EncodecModel (which magnet_fast runs) cannot represent this codec")
+
+
+def _seanet_settings(xp: _Xp) -> dict:
+    """Effective SEANet kwargs (shared + encoder/decoder overrides), checked to agree between the two."""
+    shared = xp.get("seanet")
+    if not isinstance(shared, dict):
+        raise ConfigError("compression xp.cfg: 'seanet' must be a mapping")
+    enc_over = shared.get("encoder") or {}
+    dec_over = shared.get("decoder") or {}
+    shared = {k: v for k, v in shared.items() if k not in ("encoder", "decoder")}
+    known = set(SEANET_DEFAULTS) | set(DECODER_ONLY_DEFAULTS)
+    for where, block in (("seanet", shared), ("seanet.encoder", enc_over), ("seanet.decoder", dec_over)):
+        if not isinstance(block, dict):
+            raise ConfigError(f"compression xp.cfg: '{where}' must be a mapping")
+        for key in block:
+            if key not in known:
+                raise ConfigError(f"compression xp.cfg: unknown SEANet setting '{where}.{key}'")
+    for key in DECODER_ONLY_DEFAULTS:
+        if key in enc_over or key in shared:
+            raise ConfigError(f"compression xp.cfg: '{key}' is a decoder-only setting (seanet.decoder.{key})")
+    enc = {**SEANET_DEFAULTS, **shared, **enc_over}
+    dec = {**SEANET_DEFAULTS, **DECODER_ONLY_DEFAULTS, **shared, **dec_over}
+    for key in SEANET_DEFAULTS:
+        if enc[key] != dec[key]:
+            raise _unsupported(f"seanet.encoder.{key} / seanet.decoder.{key}", (enc[key], dec[key]),
+                               "encoder and decoder differ")
+    return dec
+
+
+def encodec_config_from_xp(xp: dict | str):
+    """audiocraft's compression xp.cfg (parsed YAML dict, or the YAML string) -> ``transformers.EncodecConfig``.
+
+    Raises ConfigError (a CheckpointError) naming the field for any setting transformers' EncodecModel
+    cannot represent.
+    """
+    from transformers import EncodecConfig
+
+    if isinstance(xp, str):
+        try:
+            xp = yaml.safe_load(xp)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"compression xp.cfg is not valid YAML ({e})") from None
+    if not isinstance(xp, dict):
+        raise ConfigError("compression xp.cfg is not a mapping")
+    x = _Xp(xp)
+    model_kind = x.get("compression_model")
+    if model_kind != "encodec":
+        raise _unsupported("compression_model", model_kind, "only 'encodec' is")
+    if x.get("encodec.autoencoder", "seanet") != "seanet":
+        raise _unsupported("encodec.autoencoder", x.get("encodec.autoencoder"), "only 'seanet' is")
+    if x.get("encodec.quantizer", "rvq") != "rvq":
+        raise _unsupported("encodec.quantizer", x.get("encodec.quantizer"), "only 'rvq' is")
+    sample_rate = _as_int(x.get("encodec.sample_rate"), "encodec.sample_rate", 1)
+    channels = _as_int(x.get("encodec.channels"), "encodec.channels", 1)
+    renormalize = _as_bool(x.get("encodec.renormalize", False), "encodec.renormalize")
+    model_causal = _as_bool(x.get("encodec.causal", False), "encodec.causal")
+    s = _seanet_settings(x)
+
+    if channels not in (1, 2):
+        raise _unsupported("encodec.channels", channels, "EncodecModel encodes 1 or 2 channels only")
+    if _as_int(s["channels"], "seanet.channels", 1) != channels:
+        raise _unsupported("seanet.channels", s["channels"], f"it differs from encodec.channels = {channels}")
+    if s["activation"] != "ELU":
+        raise _unsupported("seanet.activation", s["activation"], "EncodecModel uses ELU")
+    params = dict(s["activation_params"] or {})
+    if set(params) - {"alpha"} or float(params.get("alpha", 1.0)) != 1.0:
+        raise _unsupported("seanet.activation_params", params, "EncodecModel uses ELU with alpha 1")
+    if s["final_activation"] is not None:
+        raise _unsupported("seanet.decoder.final_activation", s["final_activation"],
+                           "EncodecModel has no final activation")
+    if s["norm"] != "weight_norm":
+        raise _unsupported("seanet.norm", s["norm"], "only 'weight_norm' is converted")
+    if _as_int(s["disable_norm_outer_blocks"], "seanet.disable_norm_outer_blocks") != 0:
+        raise _unsupported("seanet.disable_norm_outer_blocks", s["disable_norm_outer_blocks"],
+                           "EncodecModel normalises every convolution")
+    lstm = _as_int(s["lstm"], "seanet.lstm")
+    if lstm < 1:
+        raise _unsupported("seanet.lstm", lstm, "EncodecModel always has an LSTM (1 or more layers)")
+    if s["pad_mode"] not in PAD_MODES:
+        raise _unsupported("seanet.pad_mode", s["pad_mode"], f"expected one of {PAD_MODES}")
+    causal = _as_bool(s["causal"], "seanet.causal")
+    if model_causal and renormalize:
+        raise _unsupported("encodec.renormalize", renormalize, "audiocraft refuses it for a causal model")
+    trim = s["trim_right_ratio"]
+    if not isinstance(trim, (int, float)) or isinstance(trim, bool) or not 0.0 <= trim <= 1.0:
+        raise ConfigError(f"compression xp.cfg: seanet.decoder.trim_right_ratio = {trim!r} must be in [0, 1]")
+    if not causal and trim != 1.0:
+        raise _unsupported("seanet.decoder.trim_right_ratio", trim, "it only applies to causal convolutions")
+    ratios = s["ratios"]
+    if not isinstance(ratios, list) or not ratios:
+        raise ConfigError(f"compression xp.cfg: seanet.ratios = {ratios!r} must be a list of integers")
+    ratios = [_as_int(r, "seanet.ratios", 1) for r in ratios]
+    hop = math.prod(ratios)
+    if sample_rate % hop:
+        raise _unsupported("seanet.ratios", ratios, f"sample_rate {sample_rate} is not a multiple of the hop "
+                           f"length {hop}, so the frame rate is not an integer")
+    frame_rate = sample_rate // hop
+    n_q = _as_int(x.get("rvq.n_q"), "rvq.n_q", 1)
+    bins = _as_int(x.get("rvq.bins"), "rvq.bins", 2)
+    if bins & (bins - 1):
+        raise _unsupported("rvq.bins", bins, "EncodecModel needs a power-of-two codebook size")
+    # EncodecConfig derives num_quantizers = 1000 * bw // (frame_rate * bits); audiocraft's HF wrapper
+    # n_q = int(bw * 1000 / (frame_rate * log2(bins))): pick the bandwidth both read as n_q
+    bandwidth = n_q * math.log2(bins) * frame_rate / 1000
+    for _ in range(8):
+        if (int(1000 * bandwidth // (frame_rate * math.log2(bins))) == n_q
+                and int(bandwidth * 1000 / (frame_rate * math.log2(bins))) == n_q):
+            break
+        bandwidth = math.nextafter(bandwidth, math.inf)
+    cfg = EncodecConfig(
+        target_bandwidths=[bandwidth], sampling_rate=sample_rate, audio_channels=channels,
+        normalize=renormalize, chunk_length_s=None, overlap=None,
+        hidden_size=_as_int(s["dimension"], "seanet.dimension", 1),
+        num_filters=_as_int(s["n_filters"], "seanet.n_filters", 1),
+        num_residual_layers=_as_int(s["n_residual_layers"], "seanet.n_residual_layers"),
+        upsampling_ratios=ratios, norm_type="weight_norm",
+        kernel_size=_as_int(s["kernel_size"], "seanet.kernel_size", 1),
+        last_kernel_size=_as_int(s["last_kernel_size"], "seanet.last_kernel_size", 1),
+        residual_kernel_size=_as_int(s["residual_kernel_size"], "seanet.residual_kernel_size", 1),
+        dilation_growth_rate=_as_int(s["dilation_base"], "seanet.dilation_base", 1),
+        use_causal_conv=causal, pad_mode=s["pad_mode"],
+        compress=_as_int(s["compress"], "seanet.compress", 1), num_lstm_layers=lstm,
+        trim_right_ratio=float(trim), codebook_size=bins, codebook_dim=None,
+        use_conv_shortcut=not _as_bool(s["true_skip"], "seanet.true_skip"),
+    )
+    if cfg.num_quantizers != n_q or cfg.frame_rate != frame_rate or cfg.hop_length != hop:
+        raise ConfigError(f"compression xp.cfg: could not express n_q={n_q}, frame rate {frame_rate} as an "
+                          f"EncodecConfig (got {cfg.num_quantizers}, {cfg.frame_rate})")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ weights
+_KEY_RULES = [
+    # (audiocraft pattern, transformers template)
+    (re.compile(r"^(encoder|decoder)\.model\.(\d+)\.(?:conv\.conv|convtr\.convtr)\.(.+)$"),
+     r"\1.layers.\2.conv.{p}"),
+    (re.compile(r"^(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.(.+)$"),
+     r"\1.layers.\2.block.\3.conv.{p}"),
+    (re.compile(r"^(encoder|decoder)\.model\.(\d+)\.shortcut\.conv\.conv\.(.+)$"),
+     r"\1.layers.\2.shortcut.conv.{p}"),
+]
+_CONV_PARAMS = {"weight_g": "parametrizations.weight.original0",
+                "weight_v": "parametrizations.weight.original1",
+                "parametrizations.weight.original0": "parametrizations.weight.original0",
+                "parametrizations.weight.original1": "parametrizations.weight.original1",
+                "bias": "bias"}
+_LSTM = re.compile(r"^(encoder|decoder)\.model\.(\d+)\.lstm\.((?:weight|bias)_(?:ih|hh)_l\d+)$")
+_CODEBOOK = re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.(inited|cluster_size|embed|embed_avg)$")
+
+
+def hf_codec_key(key: str) -> str | None:
+    """audiocraft EncodecModel state-dict key -> transformers EncodecModel key (None: not an EnCodec key)."""
+    for pattern, template in _KEY_RULES:
+        m = pattern.match(key)
+        if m:
+            param = _CONV_PARAMS.get(m.groups()[-1])
+            if param is None:
+                return None
+            return m.expand(template.replace("{p}", "")) + param
+    m = _LSTM.match(key)
+    if m:
+        return f"{m.group(1)}.layers.{m.group(2)}.lstm.{m.group(3)}"
+    m = _CODEBOOK.match(key)
+    if m:
+        return f"quantizer.layers.{m.group(1)}.codebook.{m.group(2)}"
+    return None
+
+
+def map_codec_state(best_state: dict, template: dict, where: str) -> dict:
+    """Rename audiocraft's EnCodec ``best_state`` to transformers' names, checked key by key against
+    ``template`` (an EncodecModel state dict): every key mapped, none missing, none unknown, shapes equal.
+    Floating tensors become float32 (audiocraft loads them into a float32 model too)."""
+    if not isinstance(best_state, dict):
+        raise CheckpointError(f"{where}: 'best_state' is a {type(best_state).__name__}, not a state dict")
+    out: dict[str, torch.Tensor] = {}
+    source_of: dict[str, str] = {}
+    for key, value in best_state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: best_state has a non-string key {key!r}")
+        new = hf_codec_key(key)
+        if new is None or new not in template:
+            raise CheckpointError(f"{where}: best_state key '{key}' is not part of this EnCodec "
+                                  "(unknown key: the weights do not match the xp.cfg architecture)")
+        if new in out:
+            raise CheckpointError(f"{where}: best_state keys '{source_of[new]}' and '{key}' both map to '{new}'")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where}: best_state['{key}'] is a {type(value).__name__}, not a tensor")
+        want = tuple(template[new].shape)
+        if tuple(value.shape) != want:
+            raise CheckpointError(f"{where}: best_state['{key}'] has shape {tuple(value.shape)}, expected "
+                                  f"{want} from xp.cfg (as '{new}')")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{where}: best_state['{key}'] has dtype {value.dtype}, expected floating point")
+        out[new] = value.detach().to(torch.float32).contiguous()
+        source_of[new] = key
+    missing = [k for k in template if k not in out]
+    if missing:
+        raise CheckpointError(f"{where}: best_state lacks {len(missing)} key(s) the xp.cfg architecture needs, "
+                              f"e.g. '{missing[0]}'" + (f" (all: {missing[:8]}...)" if len(missing) > 1 else ""))
+    return out
+
+
+def _pointer_note(name) -> dict:
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"compression_state_dict.bin: 'pretrained' is {name!r}, expected a model name")
+    sr, fr = KNOWN_POINTERS.get(name, (None, None))
+    return {"kind": "pointer", "pretrained": name, "sample_rate": sr, "frame_rate": fr}
+
+
+def convert_codec(src_file: Path, out_dir: Path) -> dict:
+    """audiocraft ``compression_state_dict.bin`` -> note for config.json (and, for a full export, a
+    transformers EnCodec folder written into ``out_dir``: config.json + model.safetensors, float32).
+
+    Pointer form: nothing is written; returns {"kind": "pointer", "pretrained", "sample_rate", "frame_rate"}
+    (rates None for names not in KNOWN_POINTERS). Full export: returns {"kind": "full", "path":
+    out_dir.name, "sample_rate", "frame_rate", "n_q", "card", "channels", "pad_mode", "ratios"}.
+    Only ``out_dir`` is written to; the caller makes it atomic.
+    """
+    from transformers import EncodecModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    src_file, out_dir = Path(src_file), Path(out_dir)
+    pkg = load_pickle_safely(src_file)
+    if not isinstance(pkg, dict):
+        raise CheckpointError(f"{src_file}: expected a dict, got {type(pkg).__name__}")
+    if "pretrained" in pkg:
+        return _pointer_note(pkg["pretrained"])
+    if "xp.cfg" not in pkg or "best_state" not in pkg:
+        raise CheckpointError(f"{src_file}: neither a hub pointer ('pretrained') nor a full export ('xp.cfg' + "
+                              f"'best_state'); it has keys {sorted(map(str, pkg))}")
+    xp = pkg["xp.cfg"]
+    if not isinstance(xp, (str, dict)):
+        raise CheckpointError(f"{src_file}: 'xp.cfg' is a {type(xp).__name__}, expected a YAML string")
+    try:
+        config = encodec_config_from_xp(xp)
+    except ConfigError as e:
+        raise ConfigError(f"{src_file}: {e}") from None
+    model = EncodecModel(config).eval()
+    state = map_codec_state(pkg["best_state"], model.state_dict(), str(src_file))
+    result = model.load_state_dict(state, strict=True)
+    if result.missing_keys or result.unexpected_keys:      # map_codec_state already made sure; belt and braces
+        raise CheckpointError(f"{src_file}: state dict mismatch {result}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    if not (out_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"{out_dir}: transformers did not write model.safetensors")
+    return {"kind": "full", "path": out_dir.name, "sample_rate": config.sampling_rate,
+            "frame_rate": config.frame_rate, "n_q": config.num_quantizers, "card": config.codebook_size,
+            "channels": config.audio_channels, "pad_mode": config.pad_mode,
+            "ratios": list(config.upsampling_ratios)}
+
+
+# ------------------------------------------------------------------------------------------ runtime
+def _download_hint(name: str) -> str:
+    return (f"pass codec=PATH (CLI: --codec PATH) to a local EnCodec folder in transformers format, allow the "
+            f"download (allow_download=True / --allow-download), or fetch it once with "
+            f"`huggingface-cli download {name} --local-dir DIR` and pass codec=DIR")
+
+
+class Codec:
+    """transformers' EncodecModel with audiocraft's compression-model calling conventions."""
+
+    def __init__(self, model, source: str = "<memory>"):
+        self.model = model.eval()
+        self.source = source
+        cfg = model.config
+        # audiocraft's HFEncodecCompressionModel: the bandwidth with the most codebooks is used
+        fr = cfg.sampling_rate / self.hop_length
+        counts = [int(bw * 1000 / (fr * math.log2(cfg.codebook_size))) for bw in cfg.target_bandwidths]
+        self._n_q = max(counts)
+        self._bandwidth = cfg.target_bandwidths[counts.index(self._n_q)]
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model_dir: Path, note: dict, device="cpu", override: str | Path | None = None,
+             allow_download: bool = False) -> Codec:
+        """Load the codec a converted model records in ``note`` (config.json's "codec").
+
+        full -> ``model_dir / note["path"]``; pointer -> transformers' hub model ``note["pretrained"]``
+        from the local cache unless ``allow_download`` (audiocraft itself uses that hub model for pointer
+        files). ``override`` (codec=PATH) wins over both: a local transformers EnCodec folder or a hub name.
+        """
+        if not isinstance(note, dict) or note.get("kind") not in ("full", "pointer"):
+            raise CheckpointError(f"{model_dir}: config.json's codec entry {note!r} is neither 'full' nor "
+                                  "'pointer'; re-run the conversion")
+        if override is not None:
+            return cls._from_source(str(override), device, allow_download, what="codec override")
+        if note["kind"] == "full":
+            if not isinstance(note.get("path"), str):
+                raise CheckpointError(f"{model_dir}: config.json's codec entry has no 'path'; re-run the conversion")
+            folder = Path(model_dir) / note["path"]
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder}: converted codec folder is missing; re-run the conversion or "
+                                      "pass codec=PATH (CLI: --codec PATH)")
+            return cls._from_source(str(folder), device, False, what="converted codec")
+        name = note.get("pretrained")
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{model_dir}: config.json's pointer codec has no 'pretrained' name")
+        if name in NON_ENCODEC_POINTERS:
+            raise CheckpointError(f"{model_dir}: the codec '{name}' is not an EnCodec; magnet_fast only runs "
+                                  "EnCodec codecs (pass codec=PATH to one)")
+        return cls._from_source(name, device, allow_download, what=f"hub codec '{name}'")
+
+    @classmethod
+    def _from_source(cls, source: str, device, allow_download: bool, what: str) -> Codec:
+        from transformers import EncodecModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = Path(source)
+        if path.is_file():
+            raise CheckpointError(f"{source}: the {what} must be a folder with config.json + model.safetensors "
+                                  "(transformers format); convert an audiocraft compression_state_dict.bin "
+                                  "with magnet_fast.codec.convert_codec (or `magnet-fast convert`) first")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise CheckpointError(f"{source}: the {what} folder has no config.json; expected an EnCodec folder "
+                                  "in transformers format (config.json + model.safetensors)")
+        try:
+            model = EncodecModel.from_pretrained(source, local_files_only=not allow_download,
+                                                 dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one message with the fix
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            if path.is_dir():
+                raise CheckpointError(f"{source}: cannot load the {what} ({first}); re-run the conversion") from None
+            raise CheckpointError(f"cannot load the {what} {source!r} ({first}); {_download_hint(source)}") from None
+        return cls(model.to(device), source)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.config.sampling_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(math.prod(self.model.config.upsampling_ratios))
+
+    @property
+    def frame_rate(self) -> int | float:
+        fr = self.sample_rate / self.hop_length
+        return int(fr) if fr == int(fr) else fr
+
+    @property
+    def n_q(self) -> int:
+        return self._n_q
+
+    @property
+    def card(self) -> int:
+        return int(self.model.config.codebook_size)
+
+    @property
+    def channels(self) -> int:
+        return int(self.model.config.audio_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ tokens <-> audio
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, K, T] (K <= n_q, values in [0, card)) -> audio [B, channels, T * hop_length], float32:
+        exactly audiocraft's ``compression_model.decode(codes, None)``."""
+        if not isinstance(codes, torch.Tensor):
+            raise ParameterError("codes must be a torch.Tensor of codec tokens [B, K, T]")
+        if codes.dtype == torch.bool or codes.is_floating_point() or codes.is_complex():
+            raise ParameterError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+        if codes.dim() != 3:
+            raise ParameterError(f"codes must have shape [B, K, T], got {tuple(codes.shape)}")
+        b, k, t = codes.shape
+        if b < 1 or t < 1 or not 1 <= k <= self.n_q:
+            raise ParameterError(f"codes shape {tuple(codes.shape)}: need B >= 1, 1 <= K <= {self.n_q} "
+                                 f"codebooks and T >= 1 frames")
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.card:
+            bad = lo if lo < 0 else hi
+            raise ParameterError(f"codes must lie in [0, {self.card}) (the codebook size), found {bad}")
+        with torch.inference_mode():
+            return self.model.decode(codes.to(self.device, torch.long)[None], [None])[0]
+
+    def convert_audio(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [S] / [C, S] / [B, C, S] at ``sample_rate`` -> float32 [B, channels, S'] at the codec's rate,
+        like audiocraft's ``convert_audio``: resample first (julius.resample_frac), then mix the channels
+        (mean to mono, repeat mono, or keep the first channels)."""
+        if not isinstance(wav, torch.Tensor):
+            raise ParameterError("wav must be a torch.Tensor of audio samples")
+        if not (wav.is_floating_point()):
+            raise ParameterError(f"wav must be floating point audio (e.g. in [-1, 1]), got dtype {wav.dtype}")
+        if not 1 <= wav.dim() <= 3:
+            raise ParameterError(f"wav must be [S], [C, S] or [B, C, S], got shape {tuple(wav.shape)}")
+        while wav.dim() < 3:
+            wav = wav.unsqueeze(0)
+        if min(wav.shape) < 1:
+            raise ParameterError(f"wav must not be empty, got shape {tuple(wav.shape)}")
+        if not bool(torch.isfinite(wav).all()):
+            raise ParameterError("wav contains NaN or infinite samples")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) \
+                or sample_rate != int(sample_rate) or sample_rate <= 0:
+            raise ParameterError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        sample_rate = int(sample_rate)
+        wav = wav.to(self.device, torch.float32)
+        if sample_rate != self.sample_rate:
+            try:
+                import julius
+            except ImportError:
+                raise ParameterError(
+                    f"audio at {sample_rate} Hz must be resampled to the codec's {self.sample_rate} Hz; "
+                    "install julius (`pip install julius`, the resampler audiocraft uses) or resample it "
+                    "yourself") from None
+            wav = julius.resample_frac(wav, sample_rate, self.sample_rate)
+            if wav.shape[-1] < 1:
+                raise ParameterError("wav is too short to be resampled to the codec's sample rate")
+        src = wav.shape[1]
+        if src == self.channels:
+            return wav
+        if self.channels == 1:
+            return wav.mean(dim=-2, keepdim=True)
+        if src == 1:
+            return wav.expand(wav.shape[0], self.channels, wav.shape[-1])
+        if src > self.channels:
+            return wav[:, : self.channels]
+        raise ParameterError(f"wav has {src} channels; the codec takes {self.channels} (or mono)")
+
+    def encode(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [S] / [C, S] / [B, C, S] at ``sample_rate`` -> codes [B, n_q, ceil(S' / hop_length)] (long):
+        audiocraft's ``convert_audio`` followed by ``compression_model.encode(wav)[0]``."""
+        wav = self.convert_audio(wav, sample_rate)
+        with torch.inference_mode():
+            codes = self.model.encode(wav, None, self._bandwidth)[0]
+        return codes[0].long()
