@@ -228,6 +228,8 @@ class MagnetFast:
                                 use_sampling=use_sampling, max_cfg_coef=max_cfg_coef,
                                 min_cfg_coef=min_cfg_coef, span_arrangement=span_arrangement,
                                 span_scoring=span_scoring, anneal_temp=anneal_temp)
+        if params.top_k > self.config.card:
+            raise ParameterError(f"top_k must be <= the codebook size {self.config.card}, got {params.top_k}")
         prompt = self._check_prompt(prompt, len(descriptions), params)
         if seed is not None:
             seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]

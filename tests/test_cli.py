@@ -38,9 +38,13 @@ def test_generate_demo_writes_wavs(tmp_path):
     data, sr = sf.read(files[0])
     assert sr == 32000 and data.shape == (498 * 640,) and np.isfinite(data).all() and np.abs(data).max() > 0
     assert "real-time factor" in proc.stdout and "untrained demo weights" in proc.stderr
-    again = cli("generate", "lo-fi beat with piano", "--seed", "3", *FAST, "--out", "one.wav", cwd=tmp_path)
+    again = cli("generate", "lo-fi beat with piano", "calm strings", "--seed", "3", *FAST, "--out", "again",
+                cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert np.array_equal(sf.read(tmp_path / "one.wav")[0], data)          # seed reproduces
+    assert np.array_equal(sf.read(tmp_path / "again" / files[0].name)[0], data)   # the seed reproduces
+    one = cli("generate", "lo-fi beat with piano", "--seed", "3", *FAST, "--out", "one.wav", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert sf.read(tmp_path / "one.wav")[0].shape == data.shape
     assert_usage_error(cli("generate", "x", *FAST, "--out", "one.wav", cwd=tmp_path), "--force")
     assert cli("generate", "x", *FAST, "--out", "one.wav", "--force", cwd=tmp_path).returncode == 0
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from magnet_fast.kernels.banded_attn import banded_attention, banded_attention_op, naive
 from magnet_fast.kernels.banded_attn import triton as bt
 

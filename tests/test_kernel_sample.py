@@ -1,6 +1,7 @@
 """Fused step sampler: Triton kernel (interpreter on CPU, real on GPU), magnet_fast::sample_step, selection."""
 import pytest
 import torch
+
 from magnet_fast.kernels.sample import naive
 from magnet_fast.kernels.sample import triton as st
 

@@ -16,8 +16,9 @@ import os
 import torch
 import triton
 import triton.language as tl
-from magnet_fast.kernels.banded_attn import naive
 from torch.library import triton_op, wrap_triton
+
+from magnet_fast.kernels.banded_attn import naive
 
 LOG2E = 1.4426950408889634
 SUPPORTED_D = (32, 48, 64, 80, 96, 128)

@@ -17,8 +17,9 @@ import os
 import torch
 import triton
 import triton.language as tl
-from magnet_fast.kernels.sample import naive
 from torch.library import triton_op, wrap_triton
+
+from magnet_fast.kernels.sample import naive
 
 SCORINGS = {"max": 0, "prod": 1}
 ONE_BITS = 0x3F800000                    # bit pattern of 1.0f: probabilities live in [0, ONE_BITS]

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from magnet_fast.kernels.sample import naive as S
 
+from magnet_fast.kernels.sample import naive as S
 from magnet_fast.schedule import stage_steps
 
 
