@@ -366,6 +366,22 @@ def _download_hint(name: str) -> str:
             f"`huggingface-cli download {name} --local-dir DIR` and pass codec=DIR")
 
 
+def _looks_like_path(source: str) -> bool:
+    """A string that can only be a filesystem path (hub ids are 'name' or 'org/name')."""
+    return (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+            or "\\" in source)
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The local hub-cache snapshot folder holding ``repo_id``'s config.json, without any network access."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
 class Codec:
     """transformers' EncodecModel with audiocraft's compression-model calling conventions."""
 
@@ -393,7 +409,7 @@ class Codec:
             raise CheckpointError(f"{model_dir}: config.json's codec entry {note!r} is neither 'full' nor "
                                   "'pointer'; re-run the conversion")
         if override is not None:
-            return cls._from_source(str(override), device, allow_download, what="codec override")
+            return cls._from_source(str(override), device, allow_download, what=f"codec override '{override}'")
         if note["kind"] == "full":
             if not isinstance(note.get("path"), str):
                 raise CheckpointError(f"{model_dir}: config.json's codec entry has no 'path'; re-run the conversion")
@@ -416,22 +432,36 @@ class Codec:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        path = Path(source)
+        path = Path(source).expanduser()
         if path.is_file():
             raise CheckpointError(f"{source}: the {what} must be a folder with config.json + model.safetensors "
                                   "(transformers format); convert an audiocraft compression_state_dict.bin "
                                   "with magnet_fast.codec.convert_codec (or `magnet-fast convert`) first")
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise CheckpointError(f"{source}: the {what} folder has no config.json; expected an EnCodec folder "
-                                  "in transformers format (config.json + model.safetensors)")
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise CheckpointError(f"{source}: the {what} folder has no config.json; expected an EnCodec "
+                                      "folder in transformers format (config.json + model.safetensors)")
+            where, local = str(path), True
+        elif _looks_like_path(source):
+            raise CheckpointError(f"{source}: no such folder (the {what}); pass codec=PATH to an EnCodec folder "
+                                  "in transformers format")
+        elif allow_download:
+            where, local = source, False
+        else:
+            # resolve from the local hub cache ourselves: from_pretrained(local_files_only=True) still
+            # contacts the Hub (huggingface_hub fetches an agent registry while building request headers)
+            where = _cached_snapshot(source)
+            if where is None:
+                raise CheckpointError(f"the {what} is not in the local Hugging Face cache and downloads are off; "
+                                      f"{_download_hint(source)}")
+            local = True
         try:
-            model = EncodecModel.from_pretrained(source, local_files_only=not allow_download,
-                                                 dtype=torch.float32)
+            model = EncodecModel.from_pretrained(where, local_files_only=local, dtype=torch.float32)
         except Exception as e:  # noqa: BLE001 - every failure becomes one message with the fix
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             if path.is_dir():
                 raise CheckpointError(f"{source}: cannot load the {what} ({first}); re-run the conversion") from None
-            raise CheckpointError(f"cannot load the {what} {source!r} ({first}); {_download_hint(source)}") from None
+            raise CheckpointError(f"cannot load the {what} ({first}); {_download_hint(source)}") from None
         return cls(model.to(device), source)
 
     # ------------------------------------------------------------------ facts
