@@ -65,3 +65,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def looks_like_path(source: str) -> bool:
+    """A string that can only be a filesystem path (hub ids are 'name' or 'org/name')."""
+    return (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+            or "\\" in source)
+
+
+def cached_hub_folder(repo_id: str) -> str | None:
+    """The local hub-cache snapshot folder holding ``repo_id``'s config.json, without any network access.
+
+    (``from_pretrained(name, local_files_only=True)`` still contacts the Hub with huggingface_hub 2.4: it
+    fetches an agent registry while building request headers. Resolving the folder here avoids that.)"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None

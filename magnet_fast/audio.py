@@ -66,10 +66,10 @@ def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> int:
 def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """Any soundfile-readable file -> ([C, S] float32, sample_rate)."""
     import soundfile as sf
+    if not Path(path).is_file():
+        raise ParameterError(f"prompt audio {path} not found")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise ParameterError(f"prompt audio {path} not found") from None
     except (RuntimeError, sf.LibsndfileError, TypeError) as e:
         raise ParameterError(f"prompt audio {path} is not readable audio ({e}); use WAV/FLAC/OGG") from None
     if data.size == 0:

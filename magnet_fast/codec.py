@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from magnet_fast._io import load_pickle_safely
+from magnet_fast._io import cached_hub_folder, load_pickle_safely, looks_like_path
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
 
 # hub codecs a pointer-form file may name: (sample_rate, frame_rate)
@@ -366,22 +366,6 @@ def _download_hint(name: str) -> str:
             f"`huggingface-cli download {name} --local-dir DIR` and pass codec=DIR")
 
 
-def _looks_like_path(source: str) -> bool:
-    """A string that can only be a filesystem path (hub ids are 'name' or 'org/name')."""
-    return (Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
-            or "\\" in source)
-
-
-def _cached_snapshot(repo_id: str) -> str | None:
-    """The local hub-cache snapshot folder holding ``repo_id``'s config.json, without any network access."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-        return None
-    return str(Path(found).parent) if isinstance(found, str) else None
-
-
 class Codec:
     """transformers' EncodecModel with audiocraft's compression-model calling conventions."""
 
@@ -442,7 +426,7 @@ class Codec:
                 raise CheckpointError(f"{source}: the {what} folder has no config.json; expected an EnCodec "
                                       "folder in transformers format (config.json + model.safetensors)")
             where, local = str(path), True
-        elif _looks_like_path(source):
+        elif looks_like_path(source):
             raise CheckpointError(f"{source}: no such folder (the {what}); pass codec=PATH to an EnCodec folder "
                                   "in transformers format")
         elif allow_download:
@@ -450,7 +434,7 @@ class Codec:
         else:
             # resolve from the local hub cache ourselves: from_pretrained(local_files_only=True) still
             # contacts the Hub (huggingface_hub fetches an agent registry while building request headers)
-            where = _cached_snapshot(source)
+            where = cached_hub_folder(source)
             if where is None:
                 raise CheckpointError(f"the {what} is not in the local Hugging Face cache and downloads are off; "
                                       f"{_download_hint(source)}")

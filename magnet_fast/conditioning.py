@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from magnet_fast._io import cached_hub_folder, looks_like_path
 from magnet_fast.errors import CheckpointError
 
 
@@ -21,16 +22,28 @@ class TextEncoder:
         from transformers import T5EncoderModel, T5Tokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
-        where = str(name_or_path)
+        source = str(name_or_path)
+        where, local = source, True
+        if Path(source).expanduser().is_dir():
+            where = str(Path(source).expanduser())
+        elif looks_like_path(source):
+            raise CheckpointError(f"T5 folder {source} not found; pass t5=PATH (CLI: --t5 PATH) to a local T5")
+        elif allow_download:
+            local = False
+        else:
+            where = cached_hub_folder(source)
+            if where is None:
+                raise CheckpointError(
+                    f"T5 encoder {source!r} is not in the local Hugging Face cache and downloads are off. Pass "
+                    f"a local folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with `huggingface-cli "
+                    f"download {source} --local-dir DIR`, or allow downloads (--allow-download).")
         try:
-            self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=not allow_download)
-            self.model = T5EncoderModel.from_pretrained(where, local_files_only=not allow_download)
+            self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=local)
+            self.model = T5EncoderModel.from_pretrained(where, local_files_only=local)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"T5 encoder {where!r} could not be loaded without downloading ({first}). Pass a local "
-                f"folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with `huggingface-cli download "
-                f"{where} --local-dir DIR`, or allow downloads explicitly.") from None
+            raise CheckpointError(f"T5 encoder {source!r} could not be loaded from {where} ({first}); pass a "
+                                  "complete local T5 folder with t5=PATH (CLI: --t5 PATH)") from None
         self.model.eval().to(device=device, dtype=torch.float32)
         self.device = torch.device(device)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from pathlib import Path
 
 import torch
@@ -17,14 +16,13 @@ import yaml
 from safetensors.torch import save_file
 
 from magnet_fast._io import atomic_dir, load_pickle_safely
+from magnet_fast.codec import convert_codec
 from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
 from magnet_fast.errors import CheckpointError, ConfigError
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# hub codecs a pointer-form compression_state_dict.bin may name: (sample_rate, frame_rate)
-KNOWN_CODECS = {"facebook/encodec_32khz": (32000, 50), "facebook/encodec_24khz": (24000, 75)}
 # transformer_lm settings the runtime implements; anything else is refused rather than run wrongly
 REQUIRED_LM = {"causal": False, "norm_first": True, "bias_ff": False, "bias_attn": False,
                "bias_proj": False, "positional_embedding": "sin", "activation": "gelu",
@@ -79,31 +77,8 @@ def _get(tree: dict, dotted: str, default=KeyError):
     return node
 
 
-def _codec_note(path: Path) -> tuple[dict | None, int | None, int | None]:
-    """What compression_state_dict.bin is: (note for config.json, sample_rate, frame_rate)."""
-    if not path.exists():
-        return None, None, None
-    pkg = load_pickle_safely(path)
-    if not isinstance(pkg, dict):
-        raise CheckpointError(f"{path}: expected a dict, got {type(pkg).__name__}")
-    if "pretrained" in pkg:
-        name = str(pkg["pretrained"])
-        sr, fr = KNOWN_CODECS.get(name, (None, None))
-        return {"kind": "pointer", "pretrained": name, "file": CODEC_FILE}, sr, fr
-    if "xp.cfg" in pkg and "best_state" in pkg:
-        xp = yaml.safe_load(pkg["xp.cfg"]) or {}
-        sr = int(_get(xp, "sample_rate"))
-        ratios = [int(r) for r in _get(xp, "seanet.ratios")]
-        note = {"kind": "full", "file": CODEC_FILE, "sample_rate": sr, "ratios": ratios,
-                "n_q": _get(xp, "rvq.n_q", None), "bins": _get(xp, "rvq.bins", None),
-                "pad_mode": _get(xp, "seanet.pad_mode", None),
-                "status": "recorded; codec weights are converted by the codec step"}
-        return note, sr, round(sr / math.prod(ratios))
-    raise CheckpointError(f"{path}: neither a hub pointer ('pretrained') nor a full export "
-                          "('xp.cfg' + 'best_state')")
-
-
-def config_from_xp(xp_yaml: str, best_state: dict, codec: Path, where: str) -> MagnetConfig:
+def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
+    """The runtime config from the LM's xp.cfg (frame/sample rate: EnCodec 32 kHz until a codec says)."""
     try:
         xp = yaml.safe_load(xp_yaml)
     except yaml.YAMLError as e:
@@ -125,19 +100,17 @@ def config_from_xp(xp_yaml: str, best_state: dict, codec: Path, where: str) -> M
     proj = best_state.get(f"{T5_PROJ}.weight")
     if proj is None or proj.dim() != 2:
         raise CheckpointError(f"{where}: best_state lacks {T5_PROJ}.weight")
-    codec_note, sr, fr = _codec_note(codec)
     # audiocraft's loader overwrites these three from other sections (MAGNET_SPEC §1.3)
     cfg = MagnetConfig(
         dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
         card=int(lm["card"]), n_q=int(lm["n_q"]), hidden_scale=int(lm.get("hidden_scale", 4)),
         subcodes_context=int(lm.get("subcodes_context", 5)), span_len=int(_get(xp, "masking.span_len")),
-        frame_rate=int(fr or 50), segment_duration=float(_get(xp, "dataset.segment_duration")),
+        frame_rate=50, segment_duration=float(_get(xp, "dataset.segment_duration")),
         max_period=float(lm.get("max_period", 10000)), positional_scale=float(lm.get("positional_scale", 1.0)),
         t5_name=str(_get(xp, "conditioners.description.t5.name")), t5_dim=int(proj.shape[1]),
-        sample_rate=int(sr or xp.get("sample_rate", 32000)),
+        sample_rate=int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000,
         generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[: int(lm["n_q"])]
-                                      + (10,) * max(0, int(lm["n_q"]) - 4)),
-        codec=codec_note)
+                                      + (10,) * max(0, int(lm["n_q"]) - 4)))
     cfg.validate(where)
     return cfg
 
@@ -201,13 +174,26 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
         raise CheckpointError(f"{lm_path}: expected audiocraft's export dict with 'xp.cfg' (YAML string) and "
                               "'best_state'; this file is something else")
     best_state = pkg["best_state"]
-    cfg = config_from_xp(pkg["xp.cfg"], best_state, lm_path.parent / CODEC_FILE, str(lm_path))
+    cfg = config_from_xp(pkg["xp.cfg"], best_state, str(lm_path))
     tensors = map_state(best_state, cfg, DTYPES.get(dtype) if dtype else None, str(lm_path))
     stored = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
     cfg = dataclasses.replace(cfg, weights_dtype=stored[0] if len(stored) == 1 else "mixed", source={
         "file": LM_FILE, "sha256": _sha256(lm_path), "audiocraft_version": str(pkg.get("version", "")),
         "keys": len(best_state), "parameters": sum(t.numel() for t in best_state.values())})
+    codec_path = lm_path.parent / CODEC_FILE
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        if codec_path.exists():
+            note = convert_codec(codec_path, tmp / "codec")
+            rates = {k: note[k] for k in ("sample_rate", "frame_rate") if note.get(k) is not None}
+            if rates.get("frame_rate") is not None and rates["frame_rate"] != int(rates["frame_rate"]):
+                raise ConfigError(f"{codec_path}: frame rate {rates['frame_rate']} is not a whole number")
+            rates = {k: int(v) for k, v in rates.items()}
+            cfg = dataclasses.replace(cfg, codec={**note, "file": CODEC_FILE}, **rates)
+            cfg.validate(str(lm_path))
+            n_q, card = note.get("n_q"), note.get("card")
+            if (n_q is not None and n_q != cfg.n_q) or (card is not None and card != cfg.card):
+                raise CheckpointError(f"{codec_path}: the codec has {n_q} codebooks x {card} but the LM "
+                                      f"expects {cfg.n_q} x {cfg.card}; the two files do not belong together")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "magnet_fast/1"})
         cfg.save(tmp)
     return out

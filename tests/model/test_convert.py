@@ -13,6 +13,8 @@ import magnet_fast as mf
 from magnet_fast.convert import CODEC_FILE, LM_FILE
 from magnet_fast.errors import CheckpointError, ConfigError
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
 
 @pytest.fixture(scope="module")
 def source(ref10):
@@ -51,7 +53,8 @@ def test_config_fields_from_xp_cfg(ref10, tmp_path):
     assert (cfg["dim"], cfg["num_heads"], cfg["num_layers"], cfg["card"], cfg["n_q"]) == (64, 4, 2, 512, 4)
     assert (cfg["subcodes_context"], cfg["t5_name"], cfg["t5_dim"]) == (5, "t5-base", 768)
     assert cfg["generation"]["decoding_steps"] == [20, 10, 10, 10]
-    assert cfg["codec"] == {"kind": "pointer", "pretrained": "facebook/encodec_32khz", "file": CODEC_FILE}
+    assert cfg["codec"] == {"kind": "pointer", "pretrained": "facebook/encodec_32khz", "file": CODEC_FILE,
+                            "sample_rate": 32000, "frame_rate": 50}
     assert cfg["source"]["keys"] == 36 and len(cfg["source"]["sha256"]) == 64
 
 
@@ -130,12 +133,24 @@ def test_existing_output_needs_overwrite(ref10, tmp_path):
     assert load_file(str(out / "model.safetensors"))["emb.0.weight"].dtype == torch.float32
 
 
-def test_full_codec_export_is_recorded(source, tmp_path):
-    xp = "sample_rate: 16000\nseanet:\n  ratios: [8, 5, 4, 2]\n  pad_mode: constant\nrvq:\n  n_q: 4\n  bins: 2048\n"
-    src = write_export(tmp_path / "src", source, codec={"xp.cfg": xp, "best_state": {}})
-    cfg = json.loads((mf.convert(src, tmp_path / "m") / "config.json").read_text())
-    assert cfg["codec"]["kind"] == "full" and cfg["codec"]["ratios"] == [8, 5, 4, 2]
+def test_full_codec_export_is_converted(source, tmp_path):
+    """A full compression export becomes codec/ (transformers EnCodec); its rates reach config.json."""
+    codec16 = FIXTURES / "ac_codec_16k" / CODEC_FILE                    # 16 kHz, 4 x 512: fits the LM
+    src = write_export(tmp_path / "src", source)
+    (src / CODEC_FILE).write_bytes(codec16.read_bytes())
+    out = mf.convert(src, tmp_path / "m")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["codec"]["kind"] == "full" and cfg["codec"]["path"] == "codec"
     assert (cfg["sample_rate"], cfg["frame_rate"]) == (16000, 50)
+    assert (out / "codec" / "model.safetensors").is_file()
+
+
+def test_codec_that_does_not_fit_the_lm_is_refused(source, tmp_path):
+    src = write_export(tmp_path / "src", source)
+    (src / CODEC_FILE).write_bytes((FIXTURES / "ac_codec" / CODEC_FILE).read_bytes())   # 4 x 2048
+    with pytest.raises(CheckpointError, match="4 codebooks x 2048 but the LM expects 4 x 512"):
+        mf.convert(src, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_loader_rejects_mismatched_weights(ref10, tmp_path):
