@@ -2,8 +2,15 @@
 from magnet_fast.api import MagnetFast
 from magnet_fast.config import GenerationDefaults, MagnetConfig
 from magnet_fast.convert import convert
-from magnet_fast.errors import CheckpointError, ConfigError, MagnetFastError, NumericsError, ParameterError
+from magnet_fast.errors import (
+    CheckpointError,
+    ConfigError,
+    MagnetFastError,
+    NumericsError,
+    ParameterError,
+    ResourceError,
+)
 
 __version__ = "0.1.0"
 __all__ = ["MagnetFast", "MagnetConfig", "GenerationDefaults", "convert", "MagnetFastError",
-           "CheckpointError", "ConfigError", "ParameterError", "NumericsError", "__version__"]
+           "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError", "__version__"]

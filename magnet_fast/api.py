@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from magnet_fast.conditioning import TextEncoder
 from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
-from magnet_fast.errors import CheckpointError, ParameterError
+from magnet_fast.errors import CheckpointError, ParameterError, ResourceError
 from magnet_fast.generate import Params, decode, output_frames, resolve_params
 from magnet_fast.model import MagnetLM
 
@@ -53,7 +53,7 @@ def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.
         if not state[k].is_floating_point():
             raise CheckpointError(f"{path}: {k} has dtype {state[k].dtype}; expected floating point")
     lm.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
-    return lm.eval()
+    return lm.eval().requires_grad_(False)
 
 
 class MagnetFast:
@@ -68,10 +68,18 @@ class MagnetFast:
         self.dtype = lm.emb[0].weight.dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
 
+    def set_attention(self, backend: str) -> None:
+        """Choose the attention backend: 'exact' (bitwise audiocraft on CPU fp32; the CPU default),
+        'sdpa' (the CUDA default) or 'windowed' (O(T*window) band; not bitwise). See attention.py."""
+        from magnet_fast.attention import BACKENDS
+        if backend not in BACKENDS:
+            raise ParameterError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+        self.attention_backend = backend
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
                         t5: str | Path | None = None, codec: str | Path | None = None,
-                        allow_download: bool = False) -> MagnetFast:
+                        allow_download: bool = False, attention: str | None = None) -> MagnetFast:
         """Load a folder written by ``magnet-fast convert``.
 
         device: 'cpu' (float32, bitwise audiocraft parity) or 'cuda'. dtype: None picks float32 on CPU,
@@ -80,6 +88,7 @@ class MagnetFast:
         codec: local EnCodec folder (transformers format) overriding what the converter recorded; the
         codec is loaded on first use, so token generation never needs it.
         allow_download: let transformers fetch the T5 / a pointer-form codec from the hub if not cached.
+        attention: None (exact on CPU, sdpa on CUDA) or a backend name (see ``set_attention``).
         """
         folder = Path(path)
         if not folder.is_dir():
@@ -102,7 +111,10 @@ class MagnetFast:
         if cfg.notice:
             import warnings
             warnings.warn(f"{folder}: {cfg.notice}", stacklevel=2)
-        return cls(lm, text, cfg, folder, codec_source=codec, allow_download=allow_download)
+        model = cls(lm, text, cfg, folder, codec_source=codec, allow_download=allow_download)
+        if attention is not None:
+            model.set_attention(attention)
+        return model
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -208,7 +220,7 @@ class MagnetFast:
                         use_sampling: bool = True, max_cfg_coef=None, min_cfg_coef=None,
                         span_arrangement=None, span_scoring=None, anneal_temp: bool = True,
                         progress: bool = False, generator: torch.Generator | None = None,
-                        batch_invariant: bool = False) -> torch.Tensor:
+                        batch_invariant: bool = False, max_batch: int | None = None) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
 
         None means the model's default (config.json). ``seed`` draws from a private generator seeded
@@ -221,6 +233,10 @@ class MagnetFast:
         ``seed + i``, or ``seed[i]`` when seed is a list), so a row's tokens depend only on its text and
         its seed, not on its batch mates. A list of seeds also works without batch_invariant (one stream
         per row, audiocraft's conditioning).
+
+        max_batch: decode at most this many descriptions at once (memory); the output keeps the input
+        order. With batch_invariant (or a list of seeds + batch_invariant) splitting does not change any
+        row; in audiocraft mode each chunk is conditioned and sampled as its own batch, one stream.
         """
         descriptions = self._check_descriptions(descriptions)
         params = resolve_params(self.config.generation, self.config.n_q, decoding_steps=decoding_steps,
@@ -241,7 +257,23 @@ class MagnetFast:
                 seeds = [seeds[0] + i for i in range(len(descriptions))]
             gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
             generator = gens if isinstance(seed, (list, tuple)) or batch_invariant else gens[0]
-        return self._decode(descriptions, params, prompt, generator, progress, bool(batch_invariant))
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                      or max_batch < 1):
+            raise ParameterError(f"max_batch must be a positive integer, got {max_batch!r}")
+        size = max_batch or len(descriptions)
+        out = []
+        for start in range(0, len(descriptions), size):
+            part = slice(start, start + size)
+            gen = generator[part] if isinstance(generator, list) else generator
+            try:
+                out.append(self._decode(descriptions[part], params, None if prompt is None else prompt[part],
+                                        gen, progress, bool(batch_invariant)))
+            except torch.OutOfMemoryError:
+                n = len(descriptions[part])
+                raise ResourceError(f"out of {self.device.type} memory decoding a batch of {n}; pass "
+                                    f"max_batch={max(1, n // 2)} (CLI: --max-batch) or use fewer "
+                                    "descriptions per call") from None
+        return torch.cat(out)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Codec tokens [B, n_q, T] -> audio [B, channels, T * hop] at ``sample_rate``."""

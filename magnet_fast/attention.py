@@ -6,6 +6,8 @@ Backends (same semantics, chosen per call):
 - ``"sdpa"``: torch's scaled_dot_product_attention with a *boolean* band mask (True = attend). The mask
   is always passed explicitly: audiocraft's torch backend instead set ``is_causal`` for masked stages,
   silently turning the band into causal attention (MAGNET_SPEC §4); that bug is not reproduced.
+- ``"windowed"``: banded stages gather each query's 2*window+1 keys (O(T*window) work and memory,
+  plain torch, any device); full stages use SDPA. Same math, different rounding: not bitwise.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
 
-BACKENDS = ("exact", "sdpa")
+BACKENDS = ("exact", "sdpa", "windowed")
 
 
 class BandCache:
@@ -55,7 +57,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
     if backend == "exact":
         bias = masks.get("bias", q.shape[-2], window, q.device) if window is not None else None
         return banded_attention(q, k, v, window if bias is not None else None, bias=bias)
-    if backend == "sdpa":
+    if backend == "windowed" and window is not None and window < q.shape[-2] - 1:
+        return windowed_attention(q, k, v, window)
+    if backend in ("sdpa", "windowed"):
         allowed = masks.get("bool", q.shape[-2], window, q.device) if window is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=False)
     raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Band attention by gathering each query's keys t-window..t+window: [B, H, T, D] -> same.
+
+    Keys beyond the sequence ends are zero-padded and masked out; scores and softmax in float32.
+    """
+    t, width = q.shape[-2], 2 * window + 1
+    scale = q.shape[-1] ** -0.5
+    pad = (0, 0, window, window)
+    k_win = F.pad(k, pad).unfold(-2, width, 1)                           # [B, H, T, D, width]
+    v_win = F.pad(v, pad).unfold(-2, width, 1)
+    scores = torch.einsum("bhtd,bhtdw->bhtw", q.float() * scale, k_win.float())
+    pos = torch.arange(t, device=q.device).view(-1, 1) + torch.arange(width, device=q.device) - window
+    scores = scores.masked_fill(((pos < 0) | (pos >= t)), float("-inf"))
+    out = torch.einsum("bhtw,bhtdw->bhtd", scores.softmax(dim=-1), v_win.float())
+    return out.to(q.dtype)

@@ -123,7 +123,8 @@ def cmd_generate(args) -> int:
         params["prompt"] = model.prompt_tokens(args.prompt_audio, len(prompts))
     elif not args.tokens_only:
         model.load_codec()                                    # fail now, not after decoding
-    tokens = model.generate_tokens(prompts, seed=args.seed, progress=not args.quiet, **params)
+    tokens = model.generate_tokens(prompts, seed=args.seed, progress=not args.quiet,
+                                   max_batch=args.max_batch, **params)
     if args.tokens_only:
         from safetensors.torch import save as save_bytes
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-anneal", action="store_true", help="constant temperature")
     g.add_argument("--unconditional", action="store_true", help="ignore the texts (null condition)")
     g.add_argument("--prompt-audio", help="audio file to continue (shorter than the model's duration)")
+    g.add_argument("--max-batch", type=int, help="decode at most N prompts at once (memory)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     g.add_argument("--t5", help="local T5 folder (default: the model's t5/ or its config name)")

@@ -20,3 +20,7 @@ class ParameterError(MagnetFastError, ValueError):
 
 class NumericsError(MagnetFastError, RuntimeError):
     """Non-finite values reached sampling (raised instead of emitting garbage tokens)."""
+
+
+class ResourceError(MagnetFastError, RuntimeError):
+    """The device ran out of memory; the message says which batch size to use instead."""

@@ -70,6 +70,54 @@ def output_frames(frames: int, span_len: int, arrangement: str) -> int:
     return frames - frames % span_len if span_len > 1 and arrangement == "nonoverlap" else frames
 
 
+def _noise(shape: tuple[int, int, int], device, generator) -> torch.Tensor:
+    """Exp(1) noise [B, T, card]: one stream for the batch, or row i from generator[i]."""
+    if isinstance(generator, list):
+        return torch.stack([S.draw_noise(torch.empty(shape[1:], device=device), g) for g in generator])
+    return S.draw_noise(torch.empty(shape, device=device), generator)
+
+
+def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torch.Tensor, kv: list,
+                noise: torch.Tensor | None, prompt: torch.Tensor | None, *, stage: int, num_masked: int,
+                cfg_coef: float, temperature: float, params: Params, backend: str = "exact",
+                cross_lengths: tuple[int, ...] | None = None):
+    """One decoding step, pure tensor code (no host sync, no data-dependent Python; compiles with
+    ``torch.compile(fullgraph=True)``): pick the spans to re-mask from ``scores``, run the CFG forward,
+    sample, write the sampled tokens where the row was masked, score them for the next step.
+
+    seq [B, n_q, T] / row [B, T] token ids; scores [B, units]; noise [B, T, card] Exp(1) or None (greedy).
+    Returns (seq, row, scores, nonfinite flag).
+    """
+    span, mask_id = lm.cfg.span_len, lm.mask_id
+    chunked = span > 1 and params.span_arrangement == "nonoverlap"
+    if span > 1 and params.span_arrangement == "stride1":
+        masked = S.select_stride1(scores, num_masked, span)
+    else:
+        masked_units = S.select_spans(scores, num_masked)
+        masked = masked_units.repeat_interleave(span if chunked else 1, dim=-1)
+    row = row.masked_fill(masked, mask_id)
+    if prompt is not None:
+        row[:, : prompt.shape[-1]] = prompt[:, stage]
+    seq[:, stage] = row
+    # the null half's cross-attention is exactly zero; "exact" still computes it (audiocraft's matmul
+    # shapes, for bitwise parity), every other backend skips it
+    null_from = None if backend == "exact" else seq.shape[0]
+    logits = lm(torch.cat([seq, seq]), kv, stage, backend, cross_lengths, null_from)   # [2B, T, card]
+    cond, uncond = logits.split(seq.shape[0])
+    guided = S.cfg_logits(cond, uncond, cfg_coef)
+    probs = S.step_probs(guided, temperature)
+    tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
+                              use_sampling=params.use_sampling)
+    was_masked = row == mask_id
+    row = torch.where(was_masked, tokens, row)
+    seq[:, stage] = row
+    if chunked:
+        scores = S.span_scores(scored, span, params.span_scoring, masked_units)
+    else:
+        scores = S.token_scores(scored, was_masked)
+    return seq, row, scores, ~torch.isfinite(probs).all()
+
+
 @torch.inference_mode()
 def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
            prompt: torch.Tensor | None = None,
@@ -87,7 +135,6 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
     device = lm.emb[0].weight.device
     n_prompt = 0 if prompt is None else prompt.shape[-1]
     chunked = span > 1 and params.span_arrangement == "nonoverlap"
-    lps = span > 1 and params.span_arrangement == "stride1"
     t = output_frames(frames, span, params.span_arrangement)
     seq = torch.full((batch, cfg.n_q, t), mask_id, dtype=torch.long, device=device)
     if n_prompt:
@@ -104,33 +151,13 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
                            anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
                            min_cfg_coef=params.min_cfg_coef)
         for step in plan:
-            if lps:
-                masked = S.select_stride1(scores, step.num_masked, span)
-            else:
-                masked_units = S.select_spans(scores, step.num_masked)
-                masked = masked_units.repeat_interleave(unit, dim=-1)
-            row = row.masked_fill(masked, mask_id)
-            if n_prompt:
-                row[:, :n_prompt] = prompt[:, stage]
-            seq[:, stage] = row
-            logits = lm(torch.cat([seq, seq]), kv, stage, backend, cross_lengths)   # [2B, T, card]
-            cond, uncond = logits.split(batch)
-            guided = S.cfg_logits(cond, uncond, step.cfg_coef)
-            probs = S.step_probs(guided, step.temperature)
-            nonfinite |= ~torch.isfinite(probs).all()
-            noise = None
-            if params.use_sampling:
-                noise = (torch.stack([S.draw_noise(p, g) for p, g in zip(probs, generator, strict=True)])
-                         if isinstance(generator, list) else S.draw_noise(probs, generator))
-            tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
-                                      use_sampling=params.use_sampling)
-            was_masked = row == mask_id
-            row = torch.where(was_masked, tokens, row)
-            seq[:, stage] = row
-            if chunked:
-                scores = S.span_scores(scored, span, params.span_scoring, masked_units)
-            else:
-                scores = S.token_scores(scored, was_masked)
+            # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
+            noise = _noise((batch, t, cfg.card), device, generator) if params.use_sampling else None
+            seq, row, scores, bad = decode_step(
+                lm, seq, row, scores, kv, noise, prompt, stage=stage, num_masked=step.num_masked,
+                cfg_coef=step.cfg_coef, temperature=step.temperature, params=params, backend=backend,
+                cross_lengths=cross_lengths)
+            nonfinite |= bad
             done += 1
             if callback is not None:
                 callback(done, total)

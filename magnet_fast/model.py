@@ -80,9 +80,14 @@ class Layer(nn.Module):
         self.linear1 = nn.Linear(d, cfg.hidden_scale * d, bias=False)
         self.linear2 = nn.Linear(cfg.hidden_scale * d, d, bias=False)
 
-    def forward(self, x, kv, window, backend, masks, key_lengths=None):
+    def forward(self, x, kv, window, backend, masks, key_lengths=None, null_from=None):
         x = x + self.self_attn(self.norm1(x), window, backend, masks)
-        x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks, key_lengths)
+        if null_from is None:
+            x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks, key_lengths)
+        else:          # rows >= null_from have an all-zero condition: their cross-attention output is 0
+            n = null_from
+            lengths = key_lengths[:n] if key_lengths is not None else None
+            x[:n] += self.cross_attn(self.norm_cross(x[:n]), (kv[0][:n], kv[1][:n]), backend, masks, lengths)
         return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
 
 
@@ -122,20 +127,22 @@ class MagnetLM(nn.Module):
         return self._pos[key]
 
     def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
-               cross_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+               cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None) -> torch.Tensor:
         """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd).
 
         cross_lengths: per row, how many condition positions to attend (batch-invariant mode); None
         attends over every padded position like audiocraft.
+        null_from: rows from this index on are null (all-zero) conditions; their cross-attention is
+        skipped (its output is exactly 0). None computes every row, with audiocraft's matmul shapes.
         """
         x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
         window = self.window(stage)
         for layer, layer_kv in zip(self.layers, kv, strict=True):
-            x = layer(x, layer_kv, window, backend, self.masks, cross_lengths)
+            x = layer(x, layer_kv, window, backend, self.masks, cross_lengths, null_from)
         return self.out_norm(x)
 
     def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
-                cross_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+                cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None) -> torch.Tensor:
         """Logits of the stage's codebook only: [B, T, card]."""
-        return self.heads[stage](self.hidden(seq, kv, stage, backend, cross_lengths))
+        return self.heads[stage](self.hidden(seq, kv, stage, backend, cross_lengths, null_from))

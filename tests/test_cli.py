@@ -102,3 +102,12 @@ def test_bad_prompt_audio(tmp_path):
 def test_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("I am a file")
     assert_usage_error(cli("generate", "x", *FAST, "--out", "file/sub", cwd=tmp_path), "cannot be created")
+
+
+def test_output_names_are_sanitised():
+    from magnet_fast.audio import output_paths, slug
+    assert slug("../../etc/passwd") == "etc_passwd"
+    assert slug("   ") == "prompt" and slug(None) == "unconditional"
+    paths = output_paths(Path("out"), ["../../x", "a/b\\c:d", "é!"], Path("d"))
+    assert [p.parent for p in paths] == [Path("out")] * 3
+    assert [p.name for p in paths] == ["00_x.wav", "01_a_b_c_d.wav", "02_prompt.wav"]
