@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 import gen_reference as acref  # noqa: E402  (installs the audiocraft import stubs)
-
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -97,7 +96,8 @@ def main() -> None:
         kv = ours.lm.cross_kv(ours.condition(TEXTS[:2]))
         errs = []
         for stage in range(4):
-            ref, fast = (ours.lm(seq, kv, stage, b) for b in ("exact", "windowed"))
+            ref = ours.lm(seq, kv, stage, "exact")
+            fast = ours.lm(seq, kv, stage, "windowed", None, 2)              # as generate runs it
             errs.append(((fast - ref).norm() / ref.norm()).item())
     gates["windowed"] = max(errs) < 1e-5
     print(f"gates: exact tokens identical to audiocraft: {gates['exact']}; windowed logits max rel. err "

@@ -28,6 +28,11 @@ def _dtype(dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _keeps_fp32(key: str) -> bool:
+    """Embeddings and LayerNorms stay float32 under bf16/fp16 weights (see model.py, mixed precision)."""
+    return key.startswith("emb.") or any(part.startswith(("norm", "out_norm")) for part in key.split("."))
+
+
 def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype) -> MagnetLM:
     """Build the LM on the meta device and assign the (mmapped, cast) safetensors weights."""
     path = folder / WEIGHTS_NAME
@@ -52,7 +57,8 @@ def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.
                                   f"{list(shape)}; re-run `magnet-fast convert`")
         if not state[k].is_floating_point():
             raise CheckpointError(f"{path}: {k} has dtype {state[k].dtype}; expected floating point")
-    lm.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    lm.load_state_dict({k: v.to(device=device, dtype=torch.float32 if _keeps_fp32(k) else dtype)
+                        for k, v in state.items()}, assign=True)
     return lm.eval().requires_grad_(False)
 
 
@@ -65,7 +71,7 @@ class MagnetFast:
         self._codec = None
         self._codec_source, self._allow_download = codec_source, allow_download
         self.device = lm.emb[0].weight.device
-        self.dtype = lm.emb[0].weight.dtype
+        self.dtype = lm.heads[0].weight.dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
 
     def set_attention(self, backend: str) -> None:

@@ -8,6 +8,8 @@ Backends (same semantics, chosen per call):
   silently turning the band into causal attention (MAGNET_SPEC §4); that bug is not reproduced.
 - ``"windowed"``: banded stages gather each query's 2*window+1 keys (O(T*window) work and memory,
   plain torch, any device); full stages use SDPA. Same math, different rounding: not bitwise.
+- ``"triton"``: banded stages run the ``magnet_fast::banded_attn`` custom op (the Triton kernel on CUDA,
+  the dense reference elsewhere); full stages use SDPA. Not yet validated on a GPU: opt-in.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 
 from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
 
-BACKENDS = ("exact", "sdpa", "windowed")
+BACKENDS = ("exact", "sdpa", "windowed", "triton")
 
 
 class BandCache:
@@ -57,9 +59,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
     if backend == "exact":
         bias = masks.get("bias", q.shape[-2], window, q.device) if window is not None else None
         return banded_attention(q, k, v, window if bias is not None else None, bias=bias)
-    if backend == "windowed" and window is not None and window < q.shape[-2] - 1:
+    banded = window is not None and window < q.shape[-2] - 1
+    if backend == "windowed" and banded:
         return windowed_attention(q, k, v, window)
-    if backend in ("sdpa", "windowed"):
+    if backend == "triton" and banded:
+        from magnet_fast.kernels.banded_attn import banded_attention_op
+        return banded_attention_op(q, k, v, window)
+    if backend in ("sdpa", "windowed", "triton"):
         allowed = masks.get("bool", q.shape[-2], window, q.device) if window is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=False)
     raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")

@@ -8,6 +8,10 @@
   generation (``cross_kv``) and reused for every step.
 Matmul groupings follow audiocraft's (packed self-attention in_proj, separate cross q/k/v) so CPU fp32
 results are bitwise equal to it.
+
+Mixed precision (bf16/fp16 weights): embeddings, positions, LayerNorms and the residual stream stay in
+float32 (as under audiocraft's CUDA autocast, where the embeddings and the residual are fp32); only the
+linear layers and attention run in the low-precision dtype. In float32 every cast below is a no-op.
 """
 from __future__ import annotations
 
@@ -81,14 +85,16 @@ class Layer(nn.Module):
         self.linear2 = nn.Linear(cfg.hidden_scale * d, d, bias=False)
 
     def forward(self, x, kv, window, backend, masks, key_lengths=None, null_from=None):
-        x = x + self.self_attn(self.norm1(x), window, backend, masks)
+        cd = self.linear1.weight.dtype                    # compute dtype; x (the residual) may be wider
+        x = x + self.self_attn(self.norm1(x).to(cd), window, backend, masks).to(x.dtype)
         if null_from is None:
-            x = x + self.cross_attn(self.norm_cross(x), kv, backend, masks, key_lengths)
+            x = x + self.cross_attn(self.norm_cross(x).to(cd), kv, backend, masks, key_lengths).to(x.dtype)
         else:          # rows >= null_from have an all-zero condition: their cross-attention output is 0
             n = null_from
             lengths = key_lengths[:n] if key_lengths is not None else None
-            x[:n] += self.cross_attn(self.norm_cross(x[:n]), (kv[0][:n], kv[1][:n]), backend, masks, lengths)
-        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+            x[:n] += self.cross_attn(self.norm_cross(x[:n]).to(cd), (kv[0][:n], kv[1][:n]), backend, masks,
+                                     lengths).to(x.dtype)
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x).to(cd)))).to(x.dtype)
 
 
 class MagnetLM(nn.Module):
@@ -114,10 +120,11 @@ class MagnetLM(nn.Module):
 
     def project_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """T5 hidden states [B, L, t5_dim] -> condition [B, L, dim], zero where mask is 0."""
-        return self.text_proj(hidden.to(self.text_proj.weight)) * mask.unsqueeze(-1)
+        return self.text_proj(hidden.to(self.text_proj.weight)) * mask.unsqueeze(-1).to(self.text_proj.weight)
 
     def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer cross-attention keys/values of the condition, computed once per generation."""
+        cond = cond.to(self.heads[0].weight.dtype)
         return [layer.cross_attn.kv(cond) for layer in self.layers]
 
     def positions(self, t: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -137,6 +144,7 @@ class MagnetLM(nn.Module):
         """
         x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
+        kv = [(k.to(self.heads[0].weight.dtype), v.to(self.heads[0].weight.dtype)) for k, v in kv]
         window = self.window(stage)
         for layer, layer_kv in zip(self.layers, kv, strict=True):
             x = layer(x, layer_kv, window, backend, self.masks, cross_lengths, null_from)
@@ -145,4 +153,5 @@ class MagnetLM(nn.Module):
     def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
                 cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None) -> torch.Tensor:
         """Logits of the stage's codebook only: [B, T, card]."""
-        return self.heads[stage](self.hidden(seq, kv, stage, backend, cross_lengths, null_from))
+        head = self.heads[stage]
+        return head(self.hidden(seq, kv, stage, backend, cross_lengths, null_from).to(head.weight.dtype))

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""magnet_fast runtime latency/throughput on MAGNeT geometries (random weights in the converted format).
+
+    python bench/runtime.py --device cuda --geometry small --batches 1 4 16 64 --out DIR
+    python bench/runtime.py --device cpu --geometry tiny --batches 1 --steps 2,1,1,1     (smoke test)
+
+For each attention backend: a logits gate first (vs the fp32 'exact' backend on the same device, rel. err
+< 2e-2 for bf16/fp16, 1e-5 for fp32), then text -> tokens timed (median of --repeats, CUDA-synchronised),
+with the achieved TFLOP/s of the LM passes and the share of --peak-tflops. No audiocraft here: the
+side-by-side baseline is bench/e2e.py (which needs the audiocraft oracle environment).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRIES = {"tiny": (64, 4, 2), "small": (1024, 16, 24), "medium": (1536, 24, 48)}
+T5 = ROOT / "tests" / "fixtures" / "ac_ref" / "t5_tiny"          # width 768, like t5-base
+
+
+def build(folder: Path, geometry: str, duration: int) -> None:
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.model import MagnetLM
+    dim, heads, layers = GEOMETRIES[geometry]
+    cfg = MagnetConfig(dim=dim, num_heads=heads, num_layers=layers, card=2048, t5_name="t5-base", t5_dim=768,
+                       segment_duration=float(duration))
+    with torch.device("meta"):
+        lm = MagnetLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=g) * (0.02 if v.dim() == 2 else 1.0)).to(torch.float16)
+             for k, v in lm.state_dict().items()}
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "model.safetensors"))
+    cfg.save(folder)
+
+
+def flops_per_pass(cfg, rows: int, t: int, stage: int, l_text: int = 12) -> float:
+    d, n = cfg.dim, cfg.num_layers
+    linear = 2 * rows * t * (n * (12 * d * d) + d * cfg.card)
+    keys = t if stage == 0 else min(t, 2 * cfg.subcodes_context + 1)
+    attn = 2 * rows * n * (2 * t * keys * d + 2 * t * l_text * d)
+    return float(linear + attn)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--geometry", choices=list(GEOMETRIES), default="small")
+    ap.add_argument("--duration", type=int, choices=[10, 30], default=10)
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--backends", nargs="+", default=None, help="default: sdpa triton (CUDA), exact windowed (CPU)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--steps", default="20,10,10,10")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=800.0, help="for the fraction of peak (H100 bf16 ~800)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from run import stamp
+
+    import magnet_fast as mf
+    cuda = args.device == "cuda"
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    backends = args.backends or (["sdpa", "triton"] if cuda else ["exact", "windowed"])
+    steps = [int(s) for s in args.steps.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="magnet-runtime-")) / "model"
+    build(tmp, args.geometry, args.duration)
+    model = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype=dtype, t5=T5)
+    ref = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype="float32", t5=T5)
+    cfg = model.config
+    t = cfg.frames - cfg.frames % cfg.span_len
+    meta = stamp(args.device)
+    meta.update(geometry=args.geometry, duration=args.duration, dtype=dtype, steps=steps, frames=t,
+                peak_tflops=args.peak_tflops)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    seq = torch.randint(0, 2048, (2, 4, t), generator=torch.Generator().manual_seed(1)).to(args.device)
+    with torch.inference_mode():
+        kv_ref = ref.lm.cross_kv(ref.condition(["calm piano"]))
+        kv = model.lm.cross_kv(model.condition(["calm piano"]))
+        exact = {s: ref.lm(seq, kv_ref, s, "exact").float() for s in (0, 1)}
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    rows = []
+    for backend in backends:
+        with torch.inference_mode():
+            err = max(((model.lm(seq, kv, s, backend, None, 1).float() - exact[s]).norm() / exact[s].norm()).item()
+                      for s in (0, 1))
+        gate = err < tol
+        model.set_attention(backend)
+        for batch in args.batches:
+            texts = [f"track {i} with drums" for i in range(batch)]
+            row = {"backend": backend, "batch": batch, "gate": "PASS" if gate else "FAIL", "rel_err": err}
+            if gate:
+                model.generate_tokens(texts, seed=0, decoding_steps=steps)            # warm-up
+                times = []
+                for r in range(args.repeats):
+                    sync()
+                    t0 = time.perf_counter()
+                    model.generate_tokens(texts, seed=r, decoding_steps=steps)
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                sec = statistics.median(times)
+                flops = sum(n * flops_per_pass(cfg, 2 * batch, t, stage) for stage, n in enumerate(steps))
+                row.update(seconds=sec, samples_per_s=batch / sec, tflops=flops / sec / 1e12,
+                           floor_s=flops / (args.peak_tflops * 1e12), all_s=times)
+                row["fraction_of_floor"] = row["floor_s"] / sec
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "all_s"}))
+    out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "
+             f"geometry {args.geometry}, {args.duration} s ({t} frames), {dtype}, steps {steps}; random weights. "
+             f"Floor = LM FLOPs at {args.peak_tflops:g} TFLOP/s.", "",
+             "| backend | B | gate (rel. err) | s | samples/s | TFLOP/s | floor s | floor/actual |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["gate"] == "PASS":
+            lines.append(f"| {r['backend']} | {r['batch']} | PASS ({r['rel_err']:.1e}) | {r['seconds']:.3f} | "
+                         f"{r['samples_per_s']:.2f} | {r['tflops']:.2f} | {r['floor_s']:.4f} | "
+                         f"{r['fraction_of_floor']:.3f} |")
+        else:
+            lines.append(f"| {r['backend']} | {r['batch']} | FAIL ({r['rel_err']:.1e}) | | | | | |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
