@@ -165,3 +165,33 @@ def test_loader_rejects_mismatched_weights(ref10, tmp_path):
         mf.MagnetFast.from_pretrained(out)
     with pytest.raises(CheckpointError, match="is an audiocraft export"):
         mf.MagnetFast.from_pretrained(ref10.checkpoint)
+
+
+def test_loader_rejects_damaged_or_mismatched_parts(ref10, tmp_path):
+    """Truncated weights, integer tensors, a T5 of the wrong width: each a typed error naming the fix."""
+    from safetensors.torch import save_file
+    out = mf.convert(ref10.checkpoint, tmp_path / "m")
+    weights = out / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 3])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        mf.MagnetFast.from_pretrained(out)
+    tensors = load_file(str(mf.convert(ref10.checkpoint, tmp_path / "m2") / "model.safetensors"))
+    tensors["out_norm.bias"] = torch.zeros(64, dtype=torch.int32)
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match="out_norm.bias has dtype torch.int32"):
+        mf.MagnetFast.from_pretrained(out)
+    weights.write_bytes((tmp_path / "m2" / "model.safetensors").read_bytes())
+    demo_t5 = FIXTURES.parents[1] / "weights" / "magnet-tiny-demo" / "t5"          # width 64, not 768
+    with pytest.raises(CheckpointError, match="has width 64 but the model's text projection expects 768"):
+        mf.MagnetFast.from_pretrained(out, t5=demo_t5)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        mf.MagnetFast.from_pretrained(out, t5="no-such-org/no-such-t5")
+
+
+def test_codec_override_that_does_not_fit_is_refused(ref10, tmp_path):
+    out = mf.convert(ref10.checkpoint, tmp_path / "m")
+    demo_codec = FIXTURES.parents[1] / "weights" / "magnet-tiny-demo" / "codec"   # 4 x 2048
+    model = mf.MagnetFast.from_pretrained(out, t5=FIXTURES / "ac_ref" / "t5_tiny", codec=demo_codec)
+    with pytest.raises(CheckpointError, match="codec has 4 codebooks x 2048 .* LM expects 4 x 512"):
+        model.generate(["x"], decoding_steps=[1, 1, 1, 1])
