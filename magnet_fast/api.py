@@ -97,12 +97,6 @@ class MagnetFast:
         attention: None (exact on CPU, sdpa on CUDA) or a backend name (see ``set_attention``).
         """
         folder = Path(path)
-        if not folder.is_dir():
-            raise CheckpointError(f"model folder {folder} not found; pass a folder made by "
-                                  "`magnet-fast convert SRC OUT`")
-        if (folder / "state_dict.bin").exists() and not (folder / "config.json").exists():
-            raise CheckpointError(f"{folder} is an audiocraft export, not a converted model: run "
-                                  f"`magnet-fast convert {folder} OUT` and load OUT")
         cfg = MagnetConfig.load(folder)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -95,12 +95,6 @@ def cmd_generate(args) -> int:
     prompts = read_prompts(args)
     params = generation_overrides(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
-    if not model_dir.is_dir():
-        raise UsageError(f"model folder {model_dir} not found; pass --model DIR (a folder made by "
-                         "`magnet-fast convert`)")
-    if (model_dir / "state_dict.bin").exists() and not (model_dir / "config.json").exists():
-        raise UsageError(f"{model_dir} is an audiocraft export, not a converted model: run "
-                         f"`magnet-fast convert {model_dir} OUT` and pass --model OUT")
     cfg = MagnetConfig.load(model_dir)
     resolve_params(cfg.generation, cfg.n_q, **params)            # every value checked before loading
     if args.seed is not None and args.seed < 0:

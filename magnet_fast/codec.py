@@ -30,6 +30,7 @@ import yaml
 
 from magnet_fast._io import cached_hub_folder, load_pickle_safely, looks_like_path
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
+from magnet_fast.xpcfg import XpConfig
 
 # hub codecs a pointer-form file may name: (sample_rate, frame_rate)
 KNOWN_POINTERS = {"facebook/encodec_32khz": (32000, 50), "facebook/encodec_24khz": (24000, 75)}
@@ -46,50 +47,6 @@ SEANET_DEFAULTS = {
     "disable_norm_outer_blocks": 0,
 }
 DECODER_ONLY_DEFAULTS = {"final_activation": None, "final_activation_params": None, "trim_right_ratio": 1.0}
-
-_MISSING = object()
-_INTERP = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
-
-
-# ------------------------------------------------------------------------------------------ xp.cfg
-class _Xp:
-    """Read-only view of a parsed xp.cfg that resolves OmegaConf ``${a.b}`` references on access.
-
-    audiocraft writes xp.cfg with ``OmegaConf.to_yaml`` (unresolved), so e.g. ``encodec.sample_rate`` is
-    the string ``'${sample_rate}'`` and ``seanet.causal`` is ``'${encodec.causal}'``.
-    """
-
-    def __init__(self, root: dict):
-        self.root = root
-
-    def get(self, dotted: str, default=_MISSING):
-        return self._resolve(self._lookup(dotted, default), dotted, 0)
-
-    def _lookup(self, dotted: str, default=_MISSING):
-        node = self.root
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                if default is _MISSING:
-                    raise ConfigError(f"compression xp.cfg has no '{dotted}'; is this an EnCodec export?")
-                return default
-            node = node[part]
-        return node
-
-    def _resolve(self, value, where: str, depth: int):
-        if depth > 16:
-            raise ConfigError(f"compression xp.cfg: '{where}' has a cyclic ${{...}} reference")
-        if isinstance(value, str) and "${" in value:
-            m = _INTERP.match(value.strip())
-            if not m:
-                raise ConfigError(f"compression xp.cfg: '{where}' = {value!r} uses an OmegaConf expression "
-                                  "this converter cannot resolve (only plain ${a.b} references are)")
-            return self._resolve(self._lookup(m.group(1)), m.group(1), depth + 1)
-        if isinstance(value, dict):
-            return {k: self._resolve(v, f"{where}.{k}", depth) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._resolve(v, f"{where}[{i}]", depth) for i, v in enumerate(value)]
-        return value
-
 
 def _as_int(value, field: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
@@ -108,7 +65,7 @@ def _unsupported(field: str, value, why: str) -> ConfigError:
                        "EncodecModel (which magnet_fast runs) cannot represent this codec")
 
 
-def _seanet_settings(xp: _Xp) -> dict:
+def _seanet_settings(xp: XpConfig) -> dict:
     """Effective SEANet kwargs (shared + encoder/decoder overrides), checked to agree between the two."""
     shared = xp.get("seanet")
     if not isinstance(shared, dict):
@@ -150,7 +107,7 @@ def encodec_config_from_xp(xp: dict | str):
             raise ConfigError(f"compression xp.cfg is not valid YAML ({e})") from None
     if not isinstance(xp, dict):
         raise ConfigError("compression xp.cfg is not a mapping")
-    x = _Xp(xp)
+    x = XpConfig(xp, "compression xp.cfg")
     model_kind = x.get("compression_model")
     if model_kind != "encodec":
         raise _unsupported("compression_model", model_kind, "only 'encodec' is")

@@ -95,7 +95,16 @@ class MagnetConfig:
 
     @classmethod
     def load(cls, folder: Path) -> MagnetConfig:
-        path = Path(folder) / CONFIG_NAME
+        """config.json of a converted model folder; a missing folder or an unconverted audiocraft export
+        gets an error that says what to run."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"model folder {folder} not found; pass a folder made by "
+                              "`magnet-fast convert SRC OUT`")
+        if (folder / "state_dict.bin").exists() and not (folder / CONFIG_NAME).exists():
+            raise ConfigError(f"{folder} is an audiocraft export, not a converted model: run "
+                              f"`magnet-fast convert {folder} OUT` and use OUT")
+        path = folder / CONFIG_NAME
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:

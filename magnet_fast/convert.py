@@ -19,6 +19,7 @@ from magnet_fast._io import atomic_dir, load_pickle_safely
 from magnet_fast.codec import convert_codec
 from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
 from magnet_fast.errors import CheckpointError, ConfigError
+from magnet_fast.xpcfg import XpConfig
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -30,6 +31,10 @@ REQUIRED_LM = {"causal": False, "norm_first": True, "bias_ff": False, "bias_attn
                "xpos": False, "two_step_cfg": False}
 
 T5_PROJ = "condition_provider.conditioners.description.output_proj"
+# d_model of the T5 encoders audiocraft's T5Conditioner accepts (its MODELS_DIMS)
+T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
+             "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
+             "google/flan-t5-3b": 1024, "google/flan-t5-11b": 1024}
 
 
 def weight_map(cfg: MagnetConfig) -> dict[str, tuple[str, slice | None, tuple[int, ...]]]:
@@ -66,17 +71,6 @@ def source_shapes(cfg: MagnetConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _get(tree: dict, dotted: str, default=KeyError):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is KeyError:
-                raise ConfigError(f"xp.cfg has no '{dotted}'; is this a MAGNeT export?")
-            return default
-        node = node[part]
-    return node
-
-
 def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     """The runtime config from the LM's xp.cfg (frame/sample rate: EnCodec 32 kHz until a codec says)."""
     try:
@@ -88,26 +82,31 @@ def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     if xp.get("lm_model") != "transformer_lm_magnet":
         raise ConfigError(f"{where}: lm_model is {xp.get('lm_model')!r}, not 'transformer_lm_magnet': "
                           "this converter handles MAGNeT checkpoints only")
-    lm = _get(xp, "transformer_lm")
+    cfgx = XpConfig(xp, f"{where}: xp.cfg")
+    lm = cfgx.get("transformer_lm")
     for key, want in REQUIRED_LM.items():
         if lm.get(key, want) != want:
             raise ConfigError(f"{where}: transformer_lm.{key} = {lm.get(key)!r} is not supported "
                               f"(released MAGNeT models use {want!r})")
-    if _get(xp, "conditioners.description.model") != "t5":
+    if cfgx.get("conditioners.description.model") != "t5":
         raise ConfigError(f"{where}: only T5 text conditioning ('description') is supported")
-    if "description" not in (_get(xp, "fuser.cross", []) or []):
+    if "description" not in (cfgx.get("fuser.cross", []) or []):
         raise ConfigError(f"{where}: expected the 'description' condition to be fused by cross-attention")
     proj = best_state.get(f"{T5_PROJ}.weight")
-    if proj is None or proj.dim() != 2:
-        raise CheckpointError(f"{where}: best_state lacks {T5_PROJ}.weight")
+    if not isinstance(proj, torch.Tensor) or proj.dim() != 2:
+        raise CheckpointError(f"{where}: best_state lacks a 2-D {T5_PROJ}.weight")
+    t5_name = str(cfgx.get("conditioners.description.t5.name"))
+    if t5_name in T5_WIDTHS and proj.shape[1] != T5_WIDTHS[t5_name]:
+        raise CheckpointError(f"{where}: {T5_PROJ}.weight has shape {list(proj.shape)}, but {t5_name} "
+                              f"outputs width {T5_WIDTHS[t5_name]}; the weights and xp.cfg do not belong together")
     # audiocraft's loader overwrites these three from other sections (MAGNET_SPEC §1.3)
     cfg = MagnetConfig(
         dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
         card=int(lm["card"]), n_q=int(lm["n_q"]), hidden_scale=int(lm.get("hidden_scale", 4)),
-        subcodes_context=int(lm.get("subcodes_context", 5)), span_len=int(_get(xp, "masking.span_len")),
-        frame_rate=50, segment_duration=float(_get(xp, "dataset.segment_duration")),
+        subcodes_context=int(lm.get("subcodes_context", 5)), span_len=int(cfgx.get("masking.span_len")),
+        frame_rate=50, segment_duration=float(cfgx.get("dataset.segment_duration")),
         max_period=float(lm.get("max_period", 10000)), positional_scale=float(lm.get("positional_scale", 1.0)),
-        t5_name=str(_get(xp, "conditioners.description.t5.name")), t5_dim=int(proj.shape[1]),
+        t5_name=t5_name, t5_dim=int(proj.shape[1]),
         sample_rate=int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000,
         generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[: int(lm["n_q"])]
                                       + (10,) * max(0, int(lm["n_q"]) - 4)))

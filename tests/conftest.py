@@ -1,5 +1,7 @@
 """Test setup: Triton interpreter without CUDA, `gpu` skipping, poisoned kernel outputs, tolerances."""
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,3 +68,44 @@ def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, atol: flo
 @pytest.fixture
 def assert_close():
     return assert_close_verbose
+
+
+# ------------------------------------------------------------------ the audiocraft 1.3.0 oracle (live tests)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ORACLE_PYTHON = Path(os.environ.get("MAGNET_FAST_AUDIOCRAFT_PYTHON",
+                                    FIXTURES.parents[1] / ".venv-audiocraft" / "bin" / "python"))
+ORACLE_CONFIG = Path(os.environ.get("AUDIOCRAFT_CONFIG_DIR",
+                                    FIXTURES.parents[1] / ".ac-dl" / "audiocraft-1.3.0" / "config"))
+
+
+def oracle_missing() -> str | None:
+    """Why audiocraft cannot be run here (None when it can)."""
+    if not ORACLE_PYTHON.exists():
+        return (f"no audiocraft python at {ORACLE_PYTHON} (run tests/fixtures/setup_audiocraft.sh or set "
+                "MAGNET_FAST_AUDIOCRAFT_PYTHON)")
+    if not ORACLE_CONFIG.is_dir():
+        return f"no audiocraft config folder at {ORACLE_CONFIG} (set AUDIOCRAFT_CONFIG_DIR)"
+    code = (f"import sys; sys.path.insert(0, {str(FIXTURES)!r}); import ac_stubs; ac_stubs.install(); "
+            "import audiocraft.models.loaders, audiocraft.utils.export, julius")
+    probe = subprocess.run([str(ORACLE_PYTHON), "-c", code], capture_output=True, text=True, check=False)
+    if probe.returncode:
+        return f"{ORACLE_PYTHON} cannot import audiocraft: {probe.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def run_oracle():
+    """Callable: (script, *args) -> runs a fixture script with audiocraft's interpreter (asserts success);
+    skips the test, saying why, when the oracle is not installed."""
+    reason = oracle_missing()
+    if reason:
+        print(f"SKIP live audiocraft parity: {reason}")
+        pytest.skip(reason)
+
+    def run(script: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run([str(ORACLE_PYTHON), str(FIXTURES / script), "--config-dir", str(ORACLE_CONFIG),
+                               *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    run.python = ORACLE_PYTHON
+    return run

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from magnet_fast.kernels._alloc import empty
 from magnet_fast.kernels.banded_attn import naive
 
 LOG2E = 1.4426950408889634
@@ -26,14 +27,6 @@ SUPPORTED_D = (32, 48, 64, 80, 96, 128)
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def empty(shape, dtype, device) -> torch.Tensor:
-    """torch.empty, NaN-filled when MAGNET_FAST_POISON=1 so unwritten outputs show up in tests."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("MAGNET_FAST_POISON", "0") == "1":
-        out.fill_(float("nan") if dtype.is_floating_point else -(2**31) + 1)
-    return out
 
 
 @triton.jit(do_not_specialize=["T", "W"])

@@ -12,25 +12,16 @@ Layers: ``sample_step_kernel`` (jit), ``sample_step_fwd`` (launcher), ``sample_s
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from magnet_fast.kernels._alloc import empty
 from magnet_fast.kernels.sample import naive
 
 SCORINGS = {"max": 0, "prod": 1}
 ONE_BITS = 0x3F800000                    # bit pattern of 1.0f: probabilities live in [0, ONE_BITS]
-
-
-def empty(shape, dtype, device) -> torch.Tensor:
-    """torch.empty, poisoned (NaN / huge negative int) when MAGNET_FAST_POISON=1."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("MAGNET_FAST_POISON", "0") == "1":
-        out.fill_(float("nan") if dtype.is_floating_point else -(2**31) + 1)
-    return out
 
 
 @triton.jit(do_not_specialize=["T", "G"])

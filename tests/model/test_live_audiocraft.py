@@ -6,45 +6,20 @@ reproducible: the fresh checkpoint must be byte-identical to the one under tests
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ROOT = FIXTURES.parents[1]
-PYTHON = Path(os.environ.get("MAGNET_FAST_AUDIOCRAFT_PYTHON", ROOT / ".venv-audiocraft" / "bin" / "python"))
-CONFIG = Path(os.environ.get("AUDIOCRAFT_CONFIG_DIR", ROOT / ".ac-dl" / "audiocraft-1.3.0" / "config"))
 
 pytestmark = pytest.mark.live
 
 
-def _oracle_missing() -> str | None:
-    if not PYTHON.exists():
-        return f"no audiocraft python at {PYTHON} (run tests/fixtures/setup_audiocraft.sh)"
-    if not CONFIG.is_dir():
-        return f"no audiocraft config folder at {CONFIG} (run tests/fixtures/setup_audiocraft.sh)"
-    code = (f"import sys; sys.path.insert(0, {str(FIXTURES)!r}); import ac_stubs; ac_stubs.install(); "
-            "import audiocraft.models.loaders")
-    probe = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True)
-    if probe.returncode:
-        return f"{PYTHON} cannot import audiocraft: {probe.stderr.strip().splitlines()[-1:]}"
-    return None
-
-
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, make_reference):
-    reason = _oracle_missing()
-    if reason:
-        print(f"SKIP live audiocraft parity: {reason}")
-        pytest.skip(reason)
+def live(run_oracle, tmp_path_factory, make_reference):
     out = tmp_path_factory.mktemp("live") / "ac_ref"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(PYTHON), str(FIXTURES / "gen_reference.py"), "--config-dir", str(CONFIG),
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_oracle("gen_reference.py", "--out", str(out))
     return make_reference(out)
 
 
