@@ -40,6 +40,7 @@ def atomic_dir(out: Path, overwrite: bool = False):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())                           # mkdtemp makes 0o700; mkdir would not
         yield tmp
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -53,6 +54,17 @@ def atomic_dir(out: Path, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """0o666 minus the umask: what open() would give a new file (mkstemp makes 0o600 files)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file through a temporary sibling and a rename: readers never see a partial file."""
     path = Path(path)
@@ -60,6 +72,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

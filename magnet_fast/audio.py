@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from magnet_fast._io import default_file_mode
 from magnet_fast.errors import ParameterError
 
 
@@ -56,6 +57,7 @@ def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> int:
     os.close(fd)
     try:
         sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
