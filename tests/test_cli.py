@@ -35,6 +35,9 @@ def test_generate_demo_writes_wavs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = sorted((tmp_path / "songs").iterdir())
     assert [f.name for f in files] == ["00_lo_fi_beat_with_piano.wav", "01_calm_strings.wav"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert files[0].stat().st_mode & 0o777 == 0o666 & ~umask            # not mkstemp's 0o600
     data, sr = sf.read(files[0])
     assert sr == 32000 and data.shape == (498 * 640,) and np.isfinite(data).all() and np.abs(data).max() > 0
     assert "real-time factor" in proc.stdout and "untrained demo weights" in proc.stderr
