@@ -73,6 +73,14 @@ class MagnetFast:
         self.device = lm.emb[0].weight.device
         self.dtype = lm.heads[0].weight.dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
+        self.sampler = "torch"
+
+    def set_sampler(self, sampler: str) -> None:
+        """'torch' (default: audiocraft's sampling ops and draw pairing; bitwise on CPU) or 'fused' (one
+        custom op per step, the Triton kernel on CUDA; same distribution, other draws for top-p)."""
+        if sampler not in ("torch", "fused"):
+            raise ParameterError(f"sampler must be 'torch' or 'fused', got {sampler!r}")
+        self.sampler = sampler
 
     def set_attention(self, backend: str) -> None:
         """Choose the attention backend: 'exact' (bitwise audiocraft on CPU fp32; the CPU default),
@@ -343,6 +351,7 @@ class MagnetFast:
         try:
             return decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
                           generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
+                          sampler=self.sampler,
                           callback=callback)
         finally:
             if bar is not None:

@@ -80,12 +80,15 @@ def _noise(shape: tuple[int, int, int], device, generator) -> torch.Tensor:
 def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torch.Tensor, kv: list,
                 noise: torch.Tensor | None, prompt: torch.Tensor | None, *, stage: int, num_masked: int,
                 cfg_coef: float, temperature: float, params: Params, backend: str = "exact",
-                cross_lengths: tuple[int, ...] | None = None):
+                cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch"):
     """One decoding step, pure tensor code (no host sync, no data-dependent Python; compiles with
     ``torch.compile(fullgraph=True)``): pick the spans to re-mask from ``scores``, run the CFG forward,
     sample, write the sampled tokens where the row was masked, score them for the next step.
 
     seq [B, n_q, T] / row [B, T] token ids; scores [B, units]; noise [B, T, card] Exp(1) or None (greedy).
+    sampler: "torch" (kernels/sample/naive.py; audiocraft's noise pairing, the parity path) or "fused"
+    (the ``magnet_fast::sample_step`` op: one Triton launch on CUDA, noise paired with vocabulary ids,
+    which is the same distribution but other draws for top-p).
     Returns (seq, row, scores, nonfinite flag).
     """
     span, mask_id = lm.cfg.span_len, lm.mask_id
@@ -104,6 +107,17 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
     null_from = None if backend == "exact" else seq.shape[0]
     logits = lm(torch.cat([seq, seq]), kv, stage, backend, cross_lengths, null_from)   # [2B, T, card]
     cond, uncond = logits.split(seq.shape[0])
+    if sampler == "fused":
+        from magnet_fast.kernels.sample import sample_step_op
+        unit_mask = masked_units if chunked else row == mask_id
+        if noise is None:                                  # greedy: the op still takes a noise operand
+            noise = torch.ones(cond.shape, device=cond.device)
+        row, scored, scores = sample_step_op(
+            cond, uncond, row, noise, unit_mask, coef=cfg_coef, temperature=temperature, top_p=params.top_p,
+            top_k=params.top_k, greedy=not params.use_sampling, span_len=span if chunked else 1,
+            scoring=params.span_scoring if chunked else "prod")
+        seq[:, stage] = row
+        return seq, row, scores, ~torch.isfinite(scored).all()
     guided = S.cfg_logits(cond, uncond, cfg_coef)
     probs = S.step_probs(guided, temperature)
     tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
@@ -122,7 +136,7 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
 def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
            prompt: torch.Tensor | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None,
-           backend: str = "exact", cross_lengths: tuple[int, ...] | None = None,
+           backend: str = "exact", cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
            callback=None) -> torch.Tensor:
     """Run all stages. kv: cross-attention K/V for 2*batch rows (cond then null). -> [B, n_q, T'] int64.
 
@@ -156,7 +170,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
             seq, row, scores, bad = decode_step(
                 lm, seq, row, scores, kv, noise, prompt, stage=stage, num_masked=step.num_masked,
                 cfg_coef=step.cfg_coef, temperature=step.temperature, params=params, backend=backend,
-                cross_lengths=cross_lengths)
+                cross_lengths=cross_lengths, sampler=sampler)
             nonfinite |= bad
             done += 1
             if callback is not None:

@@ -10,13 +10,14 @@ from magnet_fast.generate import decode_step, resolve_params
 from magnet_fast.kernels.sample import naive as S
 
 
-@pytest.mark.parametrize("overrides, stage, num_masked", [
-    pytest.param({}, 0, 166, id="nonoverlap-top-p-stage0"),
-    pytest.param({"top_p": 0.0, "top_k": 40}, 1, 41, id="top-k-banded"),
-    pytest.param({"span_arrangement": "stride1", "span_scoring": "prod"}, 2, 123, id="stride1"),
-    pytest.param({"use_sampling": False}, 3, 7, id="greedy"),
+@pytest.mark.parametrize("overrides, stage, num_masked, sampler", [
+    pytest.param({}, 0, 166, "torch", id="nonoverlap-top-p-stage0"),
+    pytest.param({"top_p": 0.0, "top_k": 40}, 1, 41, "torch", id="top-k-banded"),
+    pytest.param({"span_arrangement": "stride1", "span_scoring": "prod"}, 2, 123, "torch", id="stride1"),
+    pytest.param({"use_sampling": False}, 3, 7, "torch", id="greedy"),
+    pytest.param({}, 1, 50, "fused", id="fused-sampler-op"),
 ])
-def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, num_masked):
+def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, num_masked, sampler):
     torch._dynamo.reset()
     lm = model10.lm
     params = resolve_params(model10.config.generation, 4, **overrides)
@@ -32,7 +33,8 @@ def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, nu
     with torch.no_grad():
         kv = lm.cross_kv(model10.condition(["calm piano", None]))
         args = (lm, seq, row, scores, kv, noise, prompt)
-        kw = {"stage": stage, "num_masked": num_masked, "cfg_coef": 3.5, "temperature": 1.7, "params": params}
+        kw = {"stage": stage, "num_masked": num_masked, "cfg_coef": 3.5, "temperature": 1.7, "params": params,
+              "sampler": sampler}
         eager = decode_step(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args), **kw)
         compiled = torch.compile(decode_step, fullgraph=True, backend="eager")
         traced = compiled(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args), **kw)
