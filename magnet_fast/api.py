@@ -13,6 +13,7 @@ from magnet_fast.errors import CheckpointError, ParameterError, ResourceError
 from magnet_fast.generate import Params, decode, output_frames, resolve_params
 from magnet_fast.model import MagnetLM
 
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)   # torch < 2.5: cuda only
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -28,9 +29,16 @@ def _dtype(dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _needs_triton_ops(what: str) -> None:
+    if not hasattr(torch.library, "triton_op"):
+        raise ParameterError(f"{what} needs torch >= 2.6 (torch.library.triton_op); this is {torch.__version__}")
+
+
 def _keeps_fp32(key: str) -> bool:
-    """Embeddings and LayerNorms stay float32 under bf16/fp16 weights (see model.py, mixed precision)."""
-    return key.startswith("emb.") or any(part.startswith(("norm", "out_norm")) for part in key.split("."))
+    """Embeddings, LayerNorms, the text projection and the output heads stay float32 under bf16/fp16
+    weights (see model.py, mixed precision)."""
+    return key.startswith(("emb.", "heads.", "text_proj.")) or any(
+        part.startswith(("norm", "out_norm")) for part in key.split("."))
 
 
 def load_lm(folder: Path, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype) -> MagnetLM:
@@ -71,7 +79,7 @@ class MagnetFast:
         self._codec = None
         self._codec_source, self._allow_download = codec_source, allow_download
         self.device = lm.emb[0].weight.device
-        self.dtype = lm.heads[0].weight.dtype
+        self.dtype = lm.compute_dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
         self.sampler = "torch"
 
@@ -80,6 +88,8 @@ class MagnetFast:
         custom op per step, the Triton kernel on CUDA; same distribution, other draws for top-p)."""
         if sampler not in ("torch", "fused"):
             raise ParameterError(f"sampler must be 'torch' or 'fused', got {sampler!r}")
+        if sampler == "fused":
+            _needs_triton_ops("the fused sampler")
         self.sampler = sampler
 
     def set_attention(self, backend: str) -> None:
@@ -88,6 +98,12 @@ class MagnetFast:
         from magnet_fast.attention import BACKENDS
         if backend not in BACKENDS:
             raise ParameterError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            _needs_triton_ops("the triton attention backend")
+            from magnet_fast.kernels.banded_attn.triton import SUPPORTED_D
+            if self.device.type == "cuda" and self.config.head_dim not in SUPPORTED_D:
+                raise ParameterError(f"the triton attention kernel supports head dims {SUPPORTED_D}, this "
+                                     f"model has {self.config.head_dim}; use 'sdpa' or 'windowed'")
         self.attention_backend = backend
 
     @classmethod
@@ -106,7 +122,10 @@ class MagnetFast:
         """
         folder = Path(path)
         cfg = MagnetConfig.load(folder)
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ParameterError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ParameterError("device 'cuda' requested but CUDA is not available; use device='cpu'")
         lm = load_lm(folder, cfg, device, _dtype(dtype, device))
@@ -225,8 +244,8 @@ class MagnetFast:
     def generate_tokens(self, descriptions, *, seed: int | list[int] | None = None,
                         prompt: torch.Tensor | None = None,
                         decoding_steps=None, temperature=None, top_p=None, top_k=None,
-                        use_sampling: bool = True, max_cfg_coef=None, min_cfg_coef=None,
-                        span_arrangement=None, span_scoring=None, anneal_temp: bool = True,
+                        use_sampling: bool | None = None, max_cfg_coef=None, min_cfg_coef=None,
+                        span_arrangement=None, span_scoring=None, anneal_temp: bool | None = None,
                         progress: bool = False, generator: torch.Generator | None = None,
                         batch_invariant: bool = False, max_batch: int | None = None) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
@@ -243,8 +262,9 @@ class MagnetFast:
         per row, audiocraft's conditioning).
 
         max_batch: decode at most this many descriptions at once (memory); the output keeps the input
-        order. With batch_invariant (or a list of seeds + batch_invariant) splitting does not change any
-        row; in audiocraft mode each chunk is conditioned and sampled as its own batch, one stream.
+        order. With batch_invariant splitting does not change any row; in audiocraft mode each chunk is
+        conditioned and sampled as its own batch, one stream. (batch_invariant without a seed draws one
+        base seed from ``generator`` or torch's global RNG.)
         """
         descriptions = self._check_descriptions(descriptions)
         params = resolve_params(self.config.generation, self.config.n_q, decoding_steps=decoding_steps,
@@ -255,10 +275,17 @@ class MagnetFast:
         if params.top_k > self.config.card:
             raise ParameterError(f"top_k must be <= the codebook size {self.config.card}, got {params.top_k}")
         prompt = self._check_prompt(prompt, len(descriptions), params)
+        if generator is not None and (not isinstance(generator, torch.Generator)
+                                      or generator.device.type != self.device.type):
+            raise ParameterError(f"generator must be a torch.Generator on {self.device.type}, got {generator!r}")
+        if seed is None and batch_invariant:
+            # one base seed from the caller's (or torch's global) generator, then a stream per row
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())
         if seed is not None:
             seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-            if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-                raise ParameterError(f"seed must be a non-negative integer (or a list of them), got {seed!r}")
+            if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 - len(seeds) - 1
+                   for s in seeds):
+                raise ParameterError(f"seed must be an integer in [0, 2**63) (or a list of them), got {seed!r}")
             if isinstance(seed, (list, tuple)) and len(seeds) != len(descriptions):
                 raise ParameterError(f"{len(seeds)} seeds for {len(descriptions)} descriptions")
             if batch_invariant and len(seeds) == 1:
@@ -276,7 +303,7 @@ class MagnetFast:
             try:
                 out.append(self._decode(descriptions[part], params, None if prompt is None else prompt[part],
                                         gen, progress, bool(batch_invariant)))
-            except torch.OutOfMemoryError:
+            except OUT_OF_MEMORY:
                 n = len(descriptions[part])
                 raise ResourceError(f"out of {self.device.type} memory decoding a batch of {n}; pass "
                                     f"max_batch={max(1, n // 2)} (CLI: --max-batch) or use fewer "
@@ -306,6 +333,9 @@ class MagnetFast:
             wav = prompt_audio
         else:
             raise ParameterError("prompt_audio must be a file path or a tensor of samples")
+        rate = prompt_sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            raise ParameterError(f"prompt_sample_rate must be a positive integer (Hz), got {prompt_sample_rate!r}")
         while wav.dim() < 3:
             wav = wav.unsqueeze(0)
         if not torch.isfinite(wav).all():

@@ -148,13 +148,19 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
+    from magnet_fast.errors import CheckpointError
     folder = Path(args.model) if args.model else DEMO_MODEL
     cfg = MagnetConfig.load(folder)
     params, dtypes = 0, set()
-    with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+    try:
+        weights = safe_open(str(folder / WEIGHTS_NAME), "pt")
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{folder / WEIGHTS_NAME} is missing or unreadable ({e}); re-run "
+                              "`magnet-fast convert`") from None
+    with weights as f:
         for key in f.keys():
             sl = f.get_slice(key)
             n = 1

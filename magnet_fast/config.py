@@ -84,13 +84,13 @@ class MagnetConfig:
         unknown = sorted((set(d) - known) | (set(gen) - known_gen))
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {unknown}; was it written by a newer magnet_fast?")
-        if "decoding_steps" in gen:
-            gen["decoding_steps"] = tuple(int(s) for s in gen["decoding_steps"])
         try:
+            if "decoding_steps" in gen:
+                gen["decoding_steps"] = tuple(int(s) for s in gen["decoding_steps"])
             cfg = cls(generation=GenerationDefaults(**gen), **d)
-        except TypeError as e:
-            raise ConfigError(f"{where}: {e}; re-create it with `magnet-fast convert`") from None
-        cfg.validate(where)
+            cfg.validate(where)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: malformed field ({e}); re-create it with `magnet-fast convert`") from None
         return cfg
 
     @classmethod
@@ -130,6 +130,10 @@ class MagnetConfig:
             raise bad(f"dim {self.dim} must be even (sinusoidal positions)")
         if not isinstance(self.subcodes_context, int) or self.subcodes_context < -1:
             raise bad(f"subcodes_context must be an integer >= -1, got {self.subcodes_context!r}")
+        for name in ("segment_duration", "max_period", "positional_scale", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad(f"{name} must be a number, got {v!r}")
         if not self.segment_duration > 0 or self.frames < self.span_len:
             raise bad(f"segment_duration {self.segment_duration} gives too few frames")
         g = self.generation

@@ -74,6 +74,14 @@ def source_shapes(cfg: MagnetConfig) -> dict[str, tuple[int, ...]]:
 def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     """The runtime config from the LM's xp.cfg (frame/sample rate: EnCodec 32 kHz until a codec says)."""
     try:
+        return _config_from_xp(xp_yaml, best_state, where)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{where}: xp.cfg has a missing or malformed field ({type(e).__name__}: {e}); "
+                          "is this an unmodified audiocraft MAGNeT export?") from None
+
+
+def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
+    try:
         xp = yaml.safe_load(xp_yaml)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: xp.cfg is not valid YAML ({e})") from None
@@ -92,6 +100,13 @@ def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
         raise ConfigError(f"{where}: only T5 text conditioning ('description') is supported")
     if "description" not in (cfgx.get("fuser.cross", []) or []):
         raise ConfigError(f"{where}: expected the 'description' condition to be fused by cross-attention")
+    for key in ("sum", "prepend", "input_interpolate"):
+        if cfgx.get(f"fuser.{key}", []):
+            raise ConfigError(f"{where}: fuser.{key} = {cfgx.get(f'fuser.{key}')!r} is not supported "
+                              "(released MAGNeT models fuse text by cross-attention only)")
+    if cfgx.get("fuser.cross_attention_pos_emb", False):
+        raise ConfigError(f"{where}: fuser.cross_attention_pos_emb = true is not supported (released MAGNeT "
+                          "models add no positions to the cross-attention source)")
     proj = best_state.get(f"{T5_PROJ}.weight")
     if not isinstance(proj, torch.Tensor) or proj.dim() != 2:
         raise CheckpointError(f"{where}: best_state lacks a 2-D {T5_PROJ}.weight")
@@ -165,6 +180,10 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
         raise CheckpointError(f"{lm_path} not found{hint}: SRC must be an audiocraft MAGNeT export folder "
                               f"holding {LM_FILE} (e.g. `huggingface-cli download facebook/magnet-small-10secs "
                               "--local-dir DIR`)")
+    src_dir, out_abs = lm_path.parent.resolve(), out.resolve()
+    if out_abs == src_dir or out_abs in src_dir.parents or src_dir in out_abs.parents:
+        raise CheckpointError(f"output folder {out} overlaps the source {lm_path.parent}; converting into it "
+                              "would replace the checkpoint: choose a separate output folder")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     pkg = load_pickle_safely(lm_path)

@@ -70,17 +70,21 @@ def output_frames(frames: int, span_len: int, arrangement: str) -> int:
     return frames - frames % span_len if span_len > 1 and arrangement == "nonoverlap" else frames
 
 
-def _noise(shape: tuple[int, int, int], device, generator) -> torch.Tensor:
-    """Exp(1) noise [B, T, card]: one stream for the batch, or row i from generator[i]."""
+def _fill_noise(buf: torch.Tensor, generator) -> torch.Tensor:
+    """Refill the [B, T, card] buffer with Exp(1) noise in place: the same draws torch.multinomial makes
+    (one stream for the batch), or row i from generator[i]."""
     if isinstance(generator, list):
-        return torch.stack([S.draw_noise(torch.empty(shape[1:], device=device), g) for g in generator])
-    return S.draw_noise(torch.empty(shape, device=device), generator)
+        for row, g in zip(buf, generator, strict=True):
+            row.exponential_(1, generator=g)
+        return buf
+    return buf.exponential_(1, generator=generator)
 
 
 def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torch.Tensor, kv: list,
                 noise: torch.Tensor | None, prompt: torch.Tensor | None, *, stage: int, num_masked: int,
                 cfg_coef: float, temperature: float, params: Params, backend: str = "exact",
-                cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch"):
+                cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
+                fused_scalars: dict | None = None):
     """One decoding step, pure tensor code (no host sync, no data-dependent Python; compiles with
     ``torch.compile(fullgraph=True)``): pick the spans to re-mask from ``scores``, run the CFG forward,
     sample, write the sampled tokens where the row was masked, score them for the next step.
@@ -88,7 +92,8 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
     seq [B, n_q, T] / row [B, T] token ids; scores [B, units]; noise [B, T, card] Exp(1) or None (greedy).
     sampler: "torch" (kernels/sample/naive.py; audiocraft's noise pairing, the parity path) or "fused"
     (the ``magnet_fast::sample_step`` op: one Triton launch on CUDA, noise paired with vocabulary ids,
-    which is the same distribution but other draws for top-p).
+    which is the same distribution but other draws for top-p). For "fused", cfg_coef/temperature may be
+    0-d device tensors and ``fused_scalars`` may hold top_p/top_k/greedy as device tensors (no copies).
     Returns (seq, row, scores, nonfinite flag).
     """
     span, mask_id = lm.cfg.span_len, lm.mask_id
@@ -112,10 +117,11 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
         unit_mask = masked_units if chunked else row == mask_id
         if noise is None:                                  # greedy: the op still takes a noise operand
             noise = torch.ones(cond.shape, device=cond.device)
+        scalars = {"top_p": params.top_p, "top_k": params.top_k, "greedy": not params.use_sampling,
+                   **(fused_scalars or {})}
         row, scored, scores = sample_step_op(
-            cond, uncond, row, noise, unit_mask, coef=cfg_coef, temperature=temperature, top_p=params.top_p,
-            top_k=params.top_k, greedy=not params.use_sampling, span_len=span if chunked else 1,
-            scoring=params.span_scoring if chunked else "prod")
+            cond, uncond, row, noise, unit_mask, coef=cfg_coef, temperature=temperature,
+            span_len=span if chunked else 1, scoring=params.span_scoring if chunked else "prod", **scalars)
         seq[:, stage] = row
         return seq, row, scores, ~torch.isfinite(scored).all()
     guided = S.cfg_logits(cond, uncond, cfg_coef)
@@ -155,6 +161,13 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
         seq[..., :n_prompt] = prompt
     total, done = sum(params.decoding_steps), 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    noise = torch.empty(batch, t, cfg.card, device=device)         # refilled per step (sampling)
+    if not params.use_sampling and sampler == "fused":
+        noise.fill_(1.0)                                            # the fused op reads it even when greedy
+    fused = {}
+    if sampler == "fused":                                          # scalars as device tensors: no copies
+        fused = {"top_p": params.top_p, "top_k": params.top_k, "greedy": not params.use_sampling}
+        fused = {k: torch.tensor(v, device=device) for k, v in fused.items()}
     for stage, n_steps in enumerate(params.decoding_steps):
         row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
         unit = span if chunked else 1                 # scores live on spans or on tokens
@@ -164,13 +177,19 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
         plan = stage_steps(stage, n_steps, t // unit - n_fixed, temperature=params.temperature,
                            anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
                            min_cfg_coef=params.min_cfg_coef)
-        for step in plan:
+        coefs = temps = None
+        if sampler == "fused":                                      # one host->device copy per stage
+            coefs = torch.tensor([s.cfg_coef for s in plan], device=device)
+            temps = torch.tensor([max(s.temperature, S.TEMPERATURE_FLOOR) for s in plan], device=device)
+        for i, step in enumerate(plan):
             # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
-            noise = _noise((batch, t, cfg.card), device, generator) if params.use_sampling else None
+            if params.use_sampling:
+                _fill_noise(noise, generator)
             seq, row, scores, bad = decode_step(
-                lm, seq, row, scores, kv, noise, prompt, stage=stage, num_masked=step.num_masked,
-                cfg_coef=step.cfg_coef, temperature=step.temperature, params=params, backend=backend,
-                cross_lengths=cross_lengths, sampler=sampler)
+                lm, seq, row, scores, kv, noise if params.use_sampling or fused else None, prompt, stage=stage,
+                num_masked=step.num_masked, cfg_coef=step.cfg_coef if coefs is None else coefs[i],
+                temperature=step.temperature if temps is None else temps[i], params=params, backend=backend,
+                cross_lengths=cross_lengths, sampler=sampler, fused_scalars=fused)
             nonfinite |= bad
             done += 1
             if callback is not None:

@@ -9,9 +9,11 @@
 Matmul groupings follow audiocraft's (packed self-attention in_proj, separate cross q/k/v) so CPU fp32
 results are bitwise equal to it.
 
-Mixed precision (bf16/fp16 weights): embeddings, positions, LayerNorms and the residual stream stay in
-float32 (as under audiocraft's CUDA autocast, where the embeddings and the residual are fp32); only the
-linear layers and attention run in the low-precision dtype. In float32 every cast below is a no-op.
+Mixed precision (bf16/fp16 weights): embeddings, positions, LayerNorms, the residual stream, the text
+projection and the output heads stay in float32 (under audiocraft's CUDA autocast the embeddings and the
+residual are fp32 too); the transformer's linear layers and attention run in the low-precision dtype.
+Float32 logits matter: CFG multiplies their rounding error by up to max_cfg_coef. In float32 every cast
+below is a no-op.
 """
 from __future__ import annotations
 
@@ -110,6 +112,11 @@ class MagnetLM(nn.Module):
         self._pos: dict = {}
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the transformer's linear layers (float32 / bfloat16 / float16)."""
+        return self.layers[0].linear1.weight.dtype
+
+    @property
     def mask_id(self) -> int:
         return self.cfg.card
 
@@ -124,7 +131,7 @@ class MagnetLM(nn.Module):
 
     def cross_kv(self, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer cross-attention keys/values of the condition, computed once per generation."""
-        cond = cond.to(self.heads[0].weight.dtype)
+        cond = cond.to(self.compute_dtype)
         return [layer.cross_attn.kv(cond) for layer in self.layers]
 
     def positions(self, t: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -144,7 +151,7 @@ class MagnetLM(nn.Module):
         """
         x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
-        kv = [(k.to(self.heads[0].weight.dtype), v.to(self.heads[0].weight.dtype)) for k, v in kv]
+        kv = [(k.to(self.compute_dtype), v.to(self.compute_dtype)) for k, v in kv]
         window = self.window(stage)
         for layer, layer_kv in zip(self.layers, kv, strict=True):
             x = layer(x, layer_kv, window, backend, self.masks, cross_lengths, null_from)

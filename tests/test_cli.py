@@ -114,3 +114,9 @@ def test_output_names_are_sanitised():
     paths = output_paths(Path("out"), ["../../x", "a/b\\c:d", "é!"], Path("d"))
     assert [p.parent for p in paths] == [Path("out")] * 3
     assert [p.name for p in paths] == ["00_x.wav", "01_a_b_c_d.wav", "02_prompt.wav"]
+
+
+def test_info_on_damaged_model(tmp_path):
+    assert cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
+    (tmp_path / "conv" / "model.safetensors").unlink()
+    assert_usage_error(cli("info", "conv", cwd=tmp_path), "missing or unreadable")

@@ -195,3 +195,46 @@ def test_codec_override_that_does_not_fit_is_refused(ref10, tmp_path):
     model = mf.MagnetFast.from_pretrained(out, t5=FIXTURES / "ac_ref" / "t5_tiny", codec=demo_codec)
     with pytest.raises(CheckpointError, match="codec has 4 codebooks x 2048 .* LM expects 4 x 512"):
         model.generate(["x"], decoding_steps=[1, 1, 1, 1])
+
+
+def test_output_inside_or_equal_to_source_is_refused(ref10, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / LM_FILE).write_bytes((ref10.checkpoint / LM_FILE).read_bytes())
+    for out in (src, src / "sub", tmp_path):
+        with pytest.raises(CheckpointError, match="overlaps the source"):
+            mf.convert(src, out, overwrite=True)
+    assert (src / LM_FILE).is_file()                                   # the checkpoint is untouched
+
+
+def test_converted_files_follow_the_umask(ref10, tmp_path):
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    out = mf.convert(ref10.checkpoint, tmp_path / "m")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("edit, match", [
+    pytest.param(lambda x: x.replace("  dim: 64\n", "  dimm: 64\n", 1), "missing or malformed", id="no-dim"),
+    pytest.param(lambda x: x.replace("span_len: 3", "span_len: null", 1), "missing or malformed",
+                 id="null-span"),
+    pytest.param(lambda x: x.replace("cross_attention_pos_emb: false", "cross_attention_pos_emb: true"),
+                 "cross_attention_pos_emb", id="pos-emb-on-condition"),
+])
+def test_malformed_xp_cfg_is_a_config_error(source, tmp_path, edit, match):
+    pkg = dict(source)
+    pkg["xp.cfg"] = edit(pkg["xp.cfg"])
+    assert pkg["xp.cfg"] != source["xp.cfg"]
+    with pytest.raises(ConfigError, match=match):
+        mf.convert(write_export(tmp_path / "src", pkg), tmp_path / "out")
+
+
+def test_malformed_config_json(ref10, tmp_path):
+    out = mf.convert(ref10.checkpoint, tmp_path / "m")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["generation"]["decoding_steps"] = 5
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="malformed field"):
+        mf.MagnetFast.from_pretrained(out)

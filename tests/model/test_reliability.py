@@ -114,6 +114,7 @@ def test_low_precision_weights_stay_close_and_finite(ref10, tmp_path, dtype, tol
     out = mf.convert(ref10.checkpoint, tmp_path / "m")
     model = mf.MagnetFast.from_pretrained(out, t5=ref10.folder / "t5_tiny", dtype=dtype)
     assert model.dtype == getattr(torch, dtype) and model.lm.emb[0].weight.dtype == torch.float32
+    assert model.lm.heads[0].weight.dtype == torch.float32             # float32 logits before CFG
     t = ref10.tensors
     with torch.no_grad():
         kv = model.lm.cross_kv(t["cond.description_embeds"])
@@ -124,3 +125,41 @@ def test_low_precision_weights_stay_close_and_finite(ref10, tmp_path, dtype, tol
     tokens = model.generate_tokens(["calm piano", None], seed=1, decoding_steps=[3, 2, 2, 2], temperature=0.0,
                                    max_cfg_coef=20.0, min_cfg_coef=20.0)
     assert int(tokens.min()) >= 0 and int(tokens.max()) < 512
+
+
+def test_batch_invariant_without_seed_is_still_invariant(model10):
+    torch.manual_seed(0)
+    alone = model10.generate_tokens(["calm piano"], batch_invariant=True, **SHORT)
+    torch.manual_seed(0)
+    both = model10.generate_tokens(["calm piano", LONG_TEXT], batch_invariant=True, **SHORT)
+    torch.manual_seed(0)
+    split = model10.generate_tokens(["calm piano", LONG_TEXT], batch_invariant=True, max_batch=1, **SHORT)
+    assert torch.equal(alone[0], both[0]) and torch.equal(both, split)
+
+
+def test_sampling_defaults_come_from_config(model10, monkeypatch):
+    import dataclasses
+    greedy_defaults = dataclasses.replace(model10.config.generation, use_sampling=False)
+    monkeypatch.setattr(model10, "config", dataclasses.replace(model10.config, generation=greedy_defaults))
+    state = torch.get_rng_state()
+    model10.generate_tokens(["calm piano"], **SHORT)                 # greedy: no random draw at all
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    pytest.param({"seed": 2**64}, "seed must be an integer in", id="seed-overflow"),
+    pytest.param({"generator": 5}, "generator must be a torch.Generator", id="generator-type"),
+])
+def test_more_parameter_errors(model10, kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        model10.generate_tokens(["x"], **SHORT, **kwargs)
+
+
+def test_bad_device_and_prompt_rate(ref10, tmp_path):
+    import magnet_fast as mf
+    out = mf.convert(ref10.checkpoint, tmp_path / "m")
+    with pytest.raises(ParameterError, match="device must be"):
+        mf.MagnetFast.from_pretrained(out, device="gpu")
+    model = mf.MagnetFast.from_pretrained(out, t5=ref10.folder / "t5_tiny")
+    with pytest.raises(ParameterError, match="prompt_sample_rate must be a positive integer"):
+        model.prompt_tokens(torch.zeros(100), batch=1, prompt_sample_rate=0)
