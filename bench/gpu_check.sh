@@ -28,5 +28,6 @@ for spec in "small 10 1 4 16 64" "small 30 1 4 16" "medium 10 1 4 16"; do
         --out "$OUT/runtime-$geo-${dur}s" > "$OUT/runtime-$geo-${dur}s.log" 2>&1 || rc=1
     tail -1 "$OUT/runtime-$geo-${dur}s.log"
 done
+python bench/plot.py "$OUT"/*/results.json > "$OUT/plot.log" 2>&1 || echo "plots skipped (matplotlib?)"
 echo "gpu_check rc=$rc, results in $OUT"
 exit $rc
