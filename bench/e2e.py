@@ -62,7 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from audiocraft.models import loaders
     from audiocraft.modules.conditioners import ConditioningAttributes
-    from run import stamp
+    from run import save_results, stamp
 
     import magnet_fast as mf
     steps = [int(s) for s in args.steps.split(",")]
@@ -127,9 +127,6 @@ def main() -> None:
               + "; speedups " + ", ".join(f"{k} {row[f'{k}_speedup'] or float('nan'):.2f}x" for k in gates))
     meta["loadavg_at_end"] = os.getloadavg()
     out = args.out or ROOT / "bench" / "results" / f"e2e-cpu-{meta['date'][:10]}"
-    out.mkdir(parents=True, exist_ok=True)
-    import json
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# End to end, text -> tokens: {meta['device_name']}", "",
              f"torch {meta['torch']}, commit `{meta['git_commit'][:12]}`, {meta['date']}, load average "
              f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
@@ -146,7 +143,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['batch']} | {r['audiocraft_s']:.3f} | {r['exact_s']:.3f} | {sp(r['exact_speedup'])} | "
                      f"{r['windowed_s']:.3f} | {sp(r['windowed_speedup'])} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    save_results(out, meta, rows, lines)
     print(f"wrote {out}")
     if not all(gates.values()):
         raise SystemExit("a parity gate failed: no speedup is claimed for it")

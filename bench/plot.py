@@ -71,21 +71,21 @@ def runtime(rows: list[dict], meta: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def plot(path: Path) -> bool:
+    """Plot one results.json next to itself; False for an unknown layout."""
+    data = json.loads(Path(path).read_text())
+    rows, meta = data["rows"], data["meta"]
+    kind = (kernels if rows and "op" in rows[0] else e2e if rows and "audiocraft_s" in rows[0]
+            else runtime if rows and "backend" in rows[0] else None)
+    if kind is None:
+        return False
+    kind(rows, meta, Path(path).parent)
+    return True
+
+
 def main() -> None:
     for name in sys.argv[1:]:
-        path = Path(name)
-        data = json.loads(path.read_text())
-        rows, meta = data["rows"], data["meta"]
-        if rows and "op" in rows[0]:
-            kernels(rows, meta, path.parent)
-        elif rows and "audiocraft_s" in rows[0]:
-            e2e(rows, meta, path.parent)
-        elif rows and "backend" in rows[0]:
-            runtime(rows, meta, path.parent)
-        else:
-            print(f"{path}: unknown results layout, skipped")
-            continue
-        print(f"plotted {path.parent}")
+        print(f"plotted {Path(name).parent}" if plot(Path(name)) else f"{name}: unknown results layout, skipped")
 
 
 if __name__ == "__main__":

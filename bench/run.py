@@ -187,9 +187,19 @@ def fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
 
-def write(rows: list[dict], meta: dict, out: Path):
+def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str]) -> None:
+    """results.json + results.md in ``out`` (every benchmark script), and plots when matplotlib is there."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / "results.md").write_text("\n".join(md_lines) + "\n")
+    try:
+        import plot
+    except ImportError:                     # matplotlib is optional, not a dependency
+        return
+    plot.plot(out / "results.json")
+
+
+def write(rows: list[dict], meta: dict, out: Path):
     lines = [f"# Kernel benchmarks: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`"
              f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}, load average "
@@ -203,23 +213,7 @@ def write(rows: list[dict], meta: dict, out: Path):
                          f"{fmt(r['ms_p20'], '.3f')}–{fmt(r['ms_p80'], '.3f')} | {fmt(r['speedup_vs_ref'], '.2f')} | "
                          f"{r['gate']} | {fmt(r['max_abs_err'], '.1e')} |")
         lines.append("")
-    (out / "results.md").write_text("\n".join(lines))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    for op in dict.fromkeys(r["op"] for r in rows):
-        timed = [r for r in rows if r["op"] == op and r["ms"]]
-        fig, ax = plt.subplots(figsize=(10, 4))
-        ax.barh([f"{r['shape']} {r['provider']}" for r in timed], [r["ms"] for r in timed])
-        ax.set_xscale("log")
-        ax.set_xlabel("ms (median)")
-        ax.set_title(f"{op} on {meta['device_name']}")
-        fig.tight_layout()
-        fig.savefig(out / f"{op}.png", dpi=120)
-        plt.close(fig)
+    save_results(out, meta, rows, lines)
 
 
 def main():

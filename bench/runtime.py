@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from run import stamp
+    from run import save_results, stamp
 
     import magnet_fast as mf
     cuda = args.device == "cuda"
@@ -119,8 +119,6 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "all_s"}))
     out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "
              f"geometry {args.geometry}, {args.duration} s ({t} frames), {dtype}, steps {steps}; random weights. "
@@ -134,7 +132,7 @@ def main() -> None:
                          f"{r['fraction_of_floor']:.3f} |")
         else:
             lines.append(f"| {r['backend']} | {r['batch']} | FAIL ({r['rel_err']:.1e}) | | | | | |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    save_results(out, meta, rows, lines)
     print(f"wrote {out}")
 
 
