@@ -55,8 +55,8 @@ def e2e(rows: list[dict], meta: dict, out: Path) -> None:
 
 def runtime(rows: list[dict], meta: dict, out: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        ok = [r for r in rows if r["backend"] == backend and r["gate"] == "PASS"]
+    for backend in dict.fromkeys(r.get("variant", r["backend"]) for r in rows):
+        ok = [r for r in rows if r.get("variant", r["backend"]) == backend and r["gate"] == "PASS"]
         a.plot([r["batch"] for r in ok], [r["seconds"] for r in ok], marker="o", label=backend)
         b.plot([r["batch"] for r in ok], [r["samples_per_s"] for r in ok], marker="o", label=backend)
     for ax, label in ((a, "latency, s"), (b, "samples / s")):

@@ -4,9 +4,11 @@
     python bench/runtime.py --device cuda --geometry small --batches 1 4 16 64 --out DIR
     python bench/runtime.py --device cpu --geometry tiny --batches 1 --steps 2,1,1,1     (smoke test)
 
-For each attention backend: a logits gate first (vs the fp32 'exact' backend on the same device, rel. err
-< 2e-2 for bf16/fp16, 1e-5 for fp32), then text -> tokens timed (median of --repeats, CUDA-synchronised),
-with the achieved TFLOP/s of the LM passes and the share of --peak-tflops. No audiocraft here: the
+Each --variants entry is an attention backend with optional "+graphs" (CUDA-graph replay) and "+fused"
+(the fused sampler), e.g. ``sdpa``, ``sdpa+graphs``, ``triton+fused+graphs``. For each: a logits gate
+first (vs the fp32 'exact' backend on the same device, rel. err < 2e-2 for bf16/fp16, 1e-5 for fp32),
+then text -> tokens timed (median of --repeats, CUDA-synchronised), with the achieved TFLOP/s of the LM
+passes and the share of --peak-tflops, and the codec decode (text -> WAV = both). No audiocraft here: the
 side-by-side baseline is bench/e2e.py (which needs the audiocraft oracle environment).
 """
 from __future__ import annotations
@@ -43,6 +45,20 @@ def build(folder: Path, geometry: str, duration: int) -> None:
     cfg.save(folder)
 
 
+def codec_32khz(device: str):
+    """transformers EncodecModel at the released 32 kHz size (56.9 M params), random weights."""
+    from transformers import EncodecConfig, EncodecModel
+
+    from magnet_fast.codec import Codec
+    cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], num_filters=64,
+                        hidden_size=128, codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2],
+                        num_lstm_layers=2, use_causal_conv=False, normalize=False, pad_mode="constant",
+                        norm_type="weight_norm", compress=2, chunk_length_s=None, overlap=None,
+                        use_conv_shortcut=False)
+    torch.manual_seed(0)
+    return Codec(EncodecModel(cfg).to(device), source="random 32 kHz EnCodec (bench)")
+
+
 def flops_per_pass(cfg, rows: int, t: int, stage: int, l_text: int = 12) -> float:
     d, n = cfg.dim, cfg.num_layers
     linear = 2 * rows * t * (n * (12 * d * d) + d * cfg.card)
@@ -57,7 +73,8 @@ def main() -> None:
     ap.add_argument("--geometry", choices=list(GEOMETRIES), default="small")
     ap.add_argument("--duration", type=int, choices=[10, 30], default=10)
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--backends", nargs="+", default=None, help="default: sdpa triton (CUDA), exact windowed (CPU)")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="default (CUDA): sdpa sdpa+graphs triton+graphs triton+fused+graphs; (CPU): exact windowed")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--steps", default="20,10,10,10")
     ap.add_argument("--repeats", type=int, default=3)
@@ -70,12 +87,14 @@ def main() -> None:
     import magnet_fast as mf
     cuda = args.device == "cuda"
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    backends = args.backends or (["sdpa", "triton"] if cuda else ["exact", "windowed"])
+    variants = args.variants or (["sdpa", "sdpa+graphs", "triton+graphs", "triton+fused+graphs"] if cuda
+                                 else ["exact", "windowed"])
     steps = [int(s) for s in args.steps.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="magnet-runtime-")) / "model"
     build(tmp, args.geometry, args.duration)
     model = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype=dtype, t5=T5)
     ref = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype="float32", t5=T5)
+    model._codec = codec_32khz(args.device)                 # text -> WAV timing (codec decode, float32)
     cfg = model.config
     t = cfg.frames - cfg.frames % cfg.span_len
     meta = stamp(args.device)
@@ -93,17 +112,23 @@ def main() -> None:
         exact = {s: ref.lm(seq, kv_ref, s, "exact").float() for s in (0, 1)}
     tol = 1e-5 if dtype == "float32" else 2e-2
     rows = []
-    for backend in backends:
+    for variant in variants:
+        backend, *flags = variant.split("+")
+        if set(flags) - {"graphs", "fused"}:
+            raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused]")
         with torch.inference_mode():
             err = max(((model.lm(seq, kv, s, backend, None, 1).float() - exact[s]).norm() / exact[s].norm()).item()
                       for s in (0, 1))
         gate = err < tol
         model.set_attention(backend)
+        model.set_sampler("fused" if "fused" in flags else "torch")
+        model.set_cuda_graphs("graphs" in flags)
         for batch in args.batches:
             texts = [f"track {i} with drums" for i in range(batch)]
-            row = {"backend": backend, "batch": batch, "gate": "PASS" if gate else "FAIL", "rel_err": err}
+            row = {"variant": variant, "backend": backend, "batch": batch, "gate": "PASS" if gate else "FAIL",
+                   "rel_err": err}
             if gate:
-                model.generate_tokens(texts, seed=0, decoding_steps=steps)            # warm-up
+                model.generate_tokens(texts, seed=0, decoding_steps=steps)            # warm-up (and recording)
                 times = []
                 for r in range(args.repeats):
                     sync()
@@ -112,26 +137,38 @@ def main() -> None:
                     sync()
                     times.append(time.perf_counter() - t0)
                 sec = statistics.median(times)
+                tokens = model.generate_tokens(texts, seed=0, decoding_steps=steps)
+                wav_times = []
+                for _ in range(args.repeats):
+                    sync()
+                    t0 = time.perf_counter()
+                    model.decode(tokens)
+                    sync()
+                    wav_times.append(time.perf_counter() - t0)
+                row.update(decode_s=statistics.median(wav_times), text_to_wav_s=sec + statistics.median(wav_times))
                 flops = sum(n * flops_per_pass(cfg, 2 * batch, t, stage) for stage, n in enumerate(steps))
                 row.update(seconds=sec, samples_per_s=batch / sec, tflops=flops / sec / 1e12,
                            floor_s=flops / (args.peak_tflops * 1e12), all_s=times)
                 row["fraction_of_floor"] = row["floor_s"] / sec
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "all_s"}))
+            print(json.dumps({k: v for k, v in row.items() if k != "all_s"}), flush=True)
+        model.set_cuda_graphs(False)                     # frees the recordings before the next variant
     out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
     lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "
              f"geometry {args.geometry}, {args.duration} s ({t} frames), {dtype}, steps {steps}; random weights. "
-             f"Floor = LM FLOPs at {args.peak_tflops:g} TFLOP/s.", "",
-             "| backend | B | gate (rel. err) | s | samples/s | TFLOP/s | floor s | floor/actual |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Floor = LM FLOPs at {args.peak_tflops:g} TFLOP/s. text->WAV = text->tokens + the codec decode "
+             f"(transformers EnCodec at the 32 kHz size, random weights, float32).", "",
+             "| variant | B | gate (rel. err) | text->tokens s | samples/s | TFLOP/s | floor s | floor/actual "
+             "| codec decode s | text->WAV s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gate"] == "PASS":
-            lines.append(f"| {r['backend']} | {r['batch']} | PASS ({r['rel_err']:.1e}) | {r['seconds']:.3f} | "
+            lines.append(f"| {r['variant']} | {r['batch']} | PASS ({r['rel_err']:.1e}) | {r['seconds']:.3f} | "
                          f"{r['samples_per_s']:.2f} | {r['tflops']:.2f} | {r['floor_s']:.4f} | "
-                         f"{r['fraction_of_floor']:.3f} |")
+                         f"{r['fraction_of_floor']:.3f} | {r['decode_s']:.3f} | {r['text_to_wav_s']:.3f} |")
         else:
-            lines.append(f"| {r['backend']} | {r['batch']} | FAIL ({r['rel_err']:.1e}) | | | | | |")
+            lines.append(f"| {r['variant']} | {r['batch']} | FAIL ({r['rel_err']:.1e}) | | | | | | | |")
     save_results(out, meta, rows, lines)
     print(f"wrote {out}")
 

@@ -1,6 +1,7 @@
 """Python API: ``MagnetFast.from_pretrained(path).generate_tokens([...])``."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -82,6 +83,27 @@ class MagnetFast:
         self.dtype = lm.compute_dtype
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
         self.sampler = "torch"
+        self.cuda_graphs = False
+        self._decoders: OrderedDict = OrderedDict()      # graph mode: Decoder per shape key, LRU
+
+    DECODER_CACHE_SIZE = 4
+
+    def set_cuda_graphs(self, enabled: bool) -> None:
+        """Record each decoding step as a CUDA graph on its first run and replay it afterwards (CUDA only;
+        off by default until validated on a GPU: see README). Recordings and their buffers are kept for
+        the last ``DECODER_CACHE_SIZE`` shapes (batch, text length, parameters, prompt length, backend,
+        sampler); ``clear_cuda_graphs()`` frees them."""
+        if not isinstance(enabled, bool):
+            raise ParameterError(f"cuda_graphs must be True or False, got {enabled!r}")
+        if enabled and self.device.type != "cuda":
+            raise ParameterError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
+        self.cuda_graphs = enabled
+        if not enabled:
+            self.clear_cuda_graphs()
+
+    def clear_cuda_graphs(self) -> None:
+        """Drop every recorded graph and its static buffers."""
+        self._decoders.clear()
 
     def set_sampler(self, sampler: str) -> None:
         """'torch' (default: audiocraft's sampling ops and draw pairing; bitwise on CPU) or 'fused' (one
@@ -109,7 +131,8 @@ class MagnetFast:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
                         t5: str | Path | None = None, codec: str | Path | None = None,
-                        allow_download: bool = False, attention: str | None = None) -> MagnetFast:
+                        allow_download: bool = False, attention: str | None = None,
+                        cuda_graphs: bool = False) -> MagnetFast:
         """Load a folder written by ``magnet-fast convert``.
 
         device: 'cpu' (float32, bitwise audiocraft parity) or 'cuda'. dtype: None picks float32 on CPU,
@@ -119,6 +142,7 @@ class MagnetFast:
         codec is loaded on first use, so token generation never needs it.
         allow_download: let transformers fetch the T5 / a pointer-form codec from the hub if not cached.
         attention: None (exact on CPU, sdpa on CUDA) or a backend name (see ``set_attention``).
+        cuda_graphs: record and replay the decoding steps as CUDA graphs (see ``set_cuda_graphs``).
         """
         folder = Path(path)
         cfg = MagnetConfig.load(folder)
@@ -141,6 +165,8 @@ class MagnetFast:
         model = cls(lm, text, cfg, folder, codec_source=codec, allow_download=allow_download)
         if attention is not None:
             model.set_attention(attention)
+        if cuda_graphs:
+            model.set_cuda_graphs(True)
         return model
 
     # ----------------------------------------------------------------------------------- facts
@@ -378,11 +404,15 @@ class MagnetFast:
 
             def callback(done, total):
                 bar.update(1)
+        cache = self._decoders if self.cuda_graphs else None
         try:
-            return decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
-                          generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
-                          sampler=self.sampler,
-                          callback=callback)
+            out = decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
+                         generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
+                         sampler=self.sampler, callback=callback, graphs="cuda" if self.cuda_graphs else None,
+                         cache=cache)
+            while cache is not None and len(cache) > self.DECODER_CACHE_SIZE:
+                cache.popitem(last=False)                 # least recently used shape
+            return out
         finally:
             if bar is not None:
                 bar.close()

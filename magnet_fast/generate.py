@@ -8,6 +8,7 @@ precomputed) and the progress callback touch Python per step.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -84,34 +85,41 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
                 noise: torch.Tensor | None, prompt: torch.Tensor | None, *, stage: int, num_masked: int,
                 cfg_coef: float, temperature: float, params: Params, backend: str = "exact",
                 cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
-                fused_scalars: dict | None = None):
-    """One decoding step, pure tensor code (no host sync, no data-dependent Python; compiles with
-    ``torch.compile(fullgraph=True)``): pick the spans to re-mask from ``scores``, run the CFG forward,
-    sample, write the sampled tokens where the row was masked, score them for the next step.
+                fused_scalars: dict | None = None, prefix: torch.Tensor | None = None):
+    """One decoding step, pure tensor code (no host sync, no data-dependent Python, no host->device
+    copy; compiles with ``torch.compile(fullgraph=True)`` and is what a CUDA graph records): pick the
+    spans to re-mask from ``scores``, run the CFG forward, sample, write the sampled tokens where the row
+    was masked, score them for the next step.
 
-    seq [B, n_q, T] / row [B, T] token ids; scores [B, units]; noise [B, T, card] Exp(1) or None (greedy).
+    seq [2B, n_q, T]: the CFG batch, rows B.. mirror rows ..B (the model's input; the stage's codebook is
+    updated in place in both halves). row [B, T] the stage's tokens; scores [B, units];
+    noise [B, T, card] Exp(1) or None (greedy); prefix: ``lm.stage_prefix(seq, stage)`` or None.
     sampler: "torch" (kernels/sample/naive.py; audiocraft's noise pairing, the parity path) or "fused"
     (the ``magnet_fast::sample_step`` op: one Triton launch on CUDA, noise paired with vocabulary ids,
     which is the same distribution but other draws for top-p). For "fused", cfg_coef/temperature may be
     0-d device tensors and ``fused_scalars`` may hold top_p/top_k/greedy as device tensors (no copies).
-    Returns (seq, row, scores, nonfinite flag).
+    Returns (row, scores, nonfinite flag): new tensors; ``seq`` is the only input written.
     """
     span, mask_id = lm.cfg.span_len, lm.mask_id
+    batch = row.shape[0]
     chunked = span > 1 and params.span_arrangement == "nonoverlap"
     if span > 1 and params.span_arrangement == "stride1":
         masked = S.select_stride1(scores, num_masked, span)
     else:
         masked_units = S.select_spans(scores, num_masked)
-        masked = masked_units.repeat_interleave(span if chunked else 1, dim=-1)
+        masked = masked_units
+        if chunked:        # each chosen span masks span_len tokens (expand: no repeat_interleave sizing)
+            masked = masked_units.unsqueeze(-1).expand(*masked_units.shape, span).reshape(batch, -1)
     row = row.masked_fill(masked, mask_id)
     if prompt is not None:
         row[:, : prompt.shape[-1]] = prompt[:, stage]
-    seq[:, stage] = row
+    seq[:batch, stage] = row
+    seq[batch:, stage] = row
     # the null half's cross-attention is exactly zero; "exact" still computes it (audiocraft's matmul
     # shapes, for bitwise parity), every other backend skips it
-    null_from = None if backend == "exact" else seq.shape[0]
-    logits = lm(torch.cat([seq, seq]), kv, stage, backend, cross_lengths, null_from)   # [2B, T, card]
-    cond, uncond = logits.split(seq.shape[0])
+    null_from = None if backend == "exact" else batch
+    logits = lm(seq, kv, stage, backend, cross_lengths, null_from, prefix)   # [2B, T, card]
+    cond, uncond = logits.split(batch)
     if sampler == "fused":
         from magnet_fast.kernels.sample import sample_step_op
         unit_mask = masked_units if chunked else row == mask_id
@@ -122,20 +130,162 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
         row, scored, scores = sample_step_op(
             cond, uncond, row, noise, unit_mask, coef=cfg_coef, temperature=temperature,
             span_len=span if chunked else 1, scoring=params.span_scoring if chunked else "prod", **scalars)
-        seq[:, stage] = row
-        return seq, row, scores, ~torch.isfinite(scored).all()
+        seq[:batch, stage] = row
+        seq[batch:, stage] = row
+        return row, scores, ~torch.isfinite(scored).all()
     guided = S.cfg_logits(cond, uncond, cfg_coef)
     probs = S.step_probs(guided, temperature)
     tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
                               use_sampling=params.use_sampling)
     was_masked = row == mask_id
     row = torch.where(was_masked, tokens, row)
-    seq[:, stage] = row
+    seq[:batch, stage] = row
+    seq[batch:, stage] = row
     if chunked:
         scores = S.span_scores(scored, span, params.span_scoring, masked_units)
     else:
         scores = S.token_scores(scored, was_masked)
-    return seq, row, scores, ~torch.isfinite(probs).all()
+    return row, scores, ~torch.isfinite(probs).all()
+
+
+GRAPH_MODES = (None, "cuda", "fx")
+
+
+class Decoder:
+    """The state of decoding one batch shape: every buffer allocated once and reused by every step.
+
+    Buffers: the CFG batch ``seq`` [2B, n_q, T] (no per-step concatenation), the stage's ``row`` and
+    ``scores``, the Exp(1) ``noise`` refilled in place before each step, the stage's embedding prefix,
+    the non-finite flag, and (with graphs) static copies of the cross-attention K/V and the prompt.
+
+    graphs: None runs each step eagerly. "cuda" records each (stage, step) as a CUDA graph the first
+    time it runs (after running it eagerly, which also warms caches, cuBLAS and Triton) and replays it
+    on every later generation with the same key (``Decoder.key``); all graphs share one memory pool.
+    "fx" is the same protocol on any device with ``make_fx`` traces standing in for the graphs (the
+    recorded aten ops replayed on the same buffers): it lets CPU tests check that nothing a graph would
+    freeze depends on the call. Noise is drawn eagerly before each replay, from the caller's
+    generator(s), so the RNG advances on every replay exactly as in eager decoding.
+    """
+
+    def __init__(self, lm: MagnetLM, batch: int, frames: int, text_len: int, params: Params, *,
+                 n_prompt: int = 0, backend: str = "exact", cross_lengths: tuple[int, ...] | None = None,
+                 sampler: str = "torch", graphs: str | None = None):
+        if graphs not in GRAPH_MODES:
+            raise ParameterError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
+        cfg, self.lm, self.params = lm.cfg, lm, params
+        device = lm.emb[0].weight.device
+        if graphs == "cuda" and device.type != "cuda":
+            raise ParameterError(f"CUDA graphs need a CUDA device; the model is on {device}")
+        self.key = Decoder.make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths,
+                                    sampler, graphs)
+        self.batch, self.backend, self.sampler, self.graphs = batch, backend, sampler, graphs
+        self.cross_lengths, self.n_prompt, self.device = cross_lengths, n_prompt, device
+        span = cfg.span_len
+        self.chunked = span > 1 and params.span_arrangement == "nonoverlap"
+        self.unit = span if self.chunked else 1               # scores live on spans or on tokens
+        self.frames = t = output_frames(frames, span, params.span_arrangement)
+        mask_id = lm.mask_id
+        self.seq = torch.full((2 * batch, cfg.n_q, t), mask_id, dtype=torch.long, device=device)
+        self.row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
+        self.scores = torch.zeros(batch, t // self.unit, device=device)
+        self.noise = torch.ones(batch, t, cfg.card, device=device)   # refilled per step when sampling
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        emb = lm.emb[0].weight
+        self.prefix = torch.zeros(2 * batch, t, cfg.dim, dtype=emb.dtype, device=device)
+        self.prompt = (torch.zeros(batch, cfg.n_q, n_prompt, dtype=torch.long, device=device)
+                       if n_prompt else None)
+        self.kv = None
+        n_fixed = n_prompt // self.unit
+        self.plans = [stage_steps(stage, n, t // self.unit - n_fixed, temperature=params.temperature,
+                                  anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
+                                  min_cfg_coef=params.min_cfg_coef)
+                      for stage, n in enumerate(params.decoding_steps)]
+        self.fused = {}
+        self.coefs = self.temps = None
+        if sampler == "fused":          # per-step scalars as device tensors, copied once here
+            self.fused = {k: torch.tensor(v, device=device) for k, v in
+                          {"top_p": params.top_p, "top_k": params.top_k, "greedy": not params.use_sampling}.items()}
+            self.coefs = [torch.tensor([s.cfg_coef for s in plan], device=device) for plan in self.plans]
+            self.temps = [torch.tensor([max(s.temperature, S.TEMPERATURE_FLOOR) for s in plan], device=device)
+                          for plan in self.plans]
+        self._graphs: dict = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs == "cuda" else None
+
+    @staticmethod
+    def make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths, sampler, graphs):
+        """Everything a recorded step depends on besides buffer contents."""
+        w = lm.emb[0].weight
+        return (id(lm), str(w.device), lm.compute_dtype, batch, frames, text_len, params, n_prompt, backend,
+                cross_lengths, sampler, graphs)
+
+    def run(self, kv: list, prompt: torch.Tensor | None = None, generator=None, callback=None) -> torch.Tensor:
+        """Decode all stages for this call's condition K/V, prompt tokens and generator(s) -> [B, n_q, T']."""
+        params, lm, mask_id = self.params, self.lm, self.lm.mask_id
+        if self.graphs is None:
+            self.kv = kv
+        elif self.kv is None:                   # static copies: the recorded steps read these addresses
+            self.kv = [(k.clone(), v.clone()) for k, v in kv]
+        else:
+            for (sk, sv), (k, v) in zip(self.kv, kv, strict=True):
+                sk.copy_(k)
+                sv.copy_(v)
+        self.seq.fill_(mask_id)
+        if self.n_prompt:
+            self.prompt.copy_(prompt)
+            self.seq[..., : self.n_prompt] = prompt.repeat(2, 1, 1)
+        self.flag.zero_()
+        total, done = sum(params.decoding_steps), 0
+        n_fixed = self.n_prompt // self.unit
+        for stage, plan in enumerate(self.plans):
+            self.row.fill_(mask_id)
+            self.scores.zero_()
+            self.scores[:, :n_fixed] = S.DONT_REMASK
+            prefix = lm.stage_prefix(self.seq, stage, out=self.prefix)
+            for i in range(len(plan)):
+                # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
+                if params.use_sampling:
+                    _fill_noise(self.noise, generator)
+                self._step(stage, i, prefix)
+                done += 1
+                if callback is not None:
+                    callback(done, total)
+        if self.flag:
+            raise NumericsError("non-finite probabilities reached sampling (overflow in the LM or CFG?); "
+                                "try float32 (dtype='float32') or a smaller cfg coefficient")
+        return self.seq[: self.batch].clone()
+
+    def _body(self, stage: int, i: int, prefix) -> None:
+        step = self.plans[stage][i]
+        use_noise = self.params.use_sampling or self.sampler == "fused"
+        row, scores, bad = decode_step(
+            self.lm, self.seq, self.row, self.scores, self.kv, self.noise if use_noise else None, self.prompt,
+            stage=stage, num_masked=step.num_masked,
+            cfg_coef=step.cfg_coef if self.coefs is None else self.coefs[stage][i],
+            temperature=step.temperature if self.temps is None else self.temps[stage][i],
+            params=self.params, backend=self.backend, cross_lengths=self.cross_lengths, sampler=self.sampler,
+            fused_scalars=self.fused, prefix=prefix)
+        self.row.copy_(row)
+        self.scores.copy_(scores)
+        self.flag.logical_or_(bad)
+
+    def _step(self, stage: int, i: int, prefix) -> None:
+        replay = self._graphs.get((stage, i))
+        if replay is not None:
+            replay()
+            return
+        self._body(stage, i, prefix)            # eager: the real step (and the warm-up of a recording)
+        if self.graphs == "cuda":
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):      # records only: nothing runs here
+                self._body(stage, i, prefix)
+            self._graphs[(stage, i)] = graph.replay
+        elif self.graphs == "fx":
+            from torch.fx.experimental.proxy_tensor import make_fx
+            state = [t.clone() for t in (self.seq, self.row, self.scores, self.flag)]
+            traced = make_fx(lambda: self._body(stage, i, prefix))()   # tracing runs the ops: undo them
+            for buf, saved in zip((self.seq, self.row, self.scores, self.flag), state, strict=True):
+                buf.copy_(saved)
+            self._graphs[(stage, i)] = traced
 
 
 @torch.inference_mode()
@@ -143,58 +293,25 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
            prompt: torch.Tensor | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None,
            backend: str = "exact", cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
-           callback=None) -> torch.Tensor:
+           callback=None, graphs: str | None = None, cache: dict | None = None) -> torch.Tensor:
     """Run all stages. kv: cross-attention K/V for 2*batch rows (cond then null). -> [B, n_q, T'] int64.
 
     generator: one stream for the whole batch (audiocraft's draw order), or one per row (each row's noise
     then depends only on its own stream: batch-invariant sampling).
     Non-finite probabilities are flagged on the device (no per-step sync) and raise NumericsError at the
     end of the generation instead of returning tokens sampled from garbage.
+    graphs / cache: see ``Decoder``; ``cache`` (a dict owned by the caller) keeps Decoders, and with them
+    their buffers and recorded graphs, for later calls of the same key.
     """
-    cfg, mask_id, span = lm.cfg, lm.mask_id, lm.cfg.span_len
-    device = lm.emb[0].weight.device
     n_prompt = 0 if prompt is None else prompt.shape[-1]
-    chunked = span > 1 and params.span_arrangement == "nonoverlap"
-    t = output_frames(frames, span, params.span_arrangement)
-    seq = torch.full((batch, cfg.n_q, t), mask_id, dtype=torch.long, device=device)
-    if n_prompt:
-        seq[..., :n_prompt] = prompt
-    total, done = sum(params.decoding_steps), 0
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    noise = torch.empty(batch, t, cfg.card, device=device)         # refilled per step (sampling)
-    if not params.use_sampling and sampler == "fused":
-        noise.fill_(1.0)                                            # the fused op reads it even when greedy
-    fused = {}
-    if sampler == "fused":                                          # scalars as device tensors: no copies
-        fused = {"top_p": params.top_p, "top_k": params.top_k, "greedy": not params.use_sampling}
-        fused = {k: torch.tensor(v, device=device) for k, v in fused.items()}
-    for stage, n_steps in enumerate(params.decoding_steps):
-        row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
-        unit = span if chunked else 1                 # scores live on spans or on tokens
-        n_fixed = n_prompt // unit
-        scores = torch.zeros(batch, t // unit, device=device)
-        scores[:, :n_fixed] = S.DONT_REMASK
-        plan = stage_steps(stage, n_steps, t // unit - n_fixed, temperature=params.temperature,
-                           anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
-                           min_cfg_coef=params.min_cfg_coef)
-        coefs = temps = None
-        if sampler == "fused":                                      # one host->device copy per stage
-            coefs = torch.tensor([s.cfg_coef for s in plan], device=device)
-            temps = torch.tensor([max(s.temperature, S.TEMPERATURE_FLOOR) for s in plan], device=device)
-        for i, step in enumerate(plan):
-            # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
-            if params.use_sampling:
-                _fill_noise(noise, generator)
-            seq, row, scores, bad = decode_step(
-                lm, seq, row, scores, kv, noise if params.use_sampling or fused else None, prompt, stage=stage,
-                num_masked=step.num_masked, cfg_coef=step.cfg_coef if coefs is None else coefs[i],
-                temperature=step.temperature if temps is None else temps[i], params=params, backend=backend,
-                cross_lengths=cross_lengths, sampler=sampler, fused_scalars=fused)
-            nonfinite |= bad
-            done += 1
-            if callback is not None:
-                callback(done, total)
-    if nonfinite:
-        raise NumericsError("non-finite probabilities reached sampling (overflow in the LM or CFG?); "
-                            "try float32 (dtype='float32') or a smaller cfg coefficient")
-    return seq
+    text_len = kv[0][0].shape[-2]
+    key = Decoder.make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths, sampler, graphs)
+    decoder = None if cache is None else cache.get(key)
+    if decoder is None:
+        decoder = Decoder(lm, batch, frames, text_len, params, n_prompt=n_prompt, backend=backend,
+                          cross_lengths=cross_lengths, sampler=sampler, graphs=graphs)
+        if cache is not None:
+            cache[key] = decoder
+    if isinstance(cache, OrderedDict):
+        cache.move_to_end(key)                               # most recently used last
+    return decoder.run(kv, prompt, generator, callback)

@@ -140,16 +140,39 @@ class MagnetLM(nn.Module):
             self._pos[key] = sin_embedding(t, self.cfg.dim, self.cfg.max_period, dtype, device)
         return self._pos[key]
 
+    def embed(self, seq: torch.Tensor, upto: int | None = None, prefix: torch.Tensor | None = None,
+              start: int = 0) -> torch.Tensor:
+        """Summed codebook embeddings [B, T, dim] of codebooks start..upto-1, added in codebook order.
+
+        prefix: the sum of codebooks 0..start-1 (``stage_prefix``); the sum continues from it, in the same
+        order, so the result is bitwise the full sum.
+        """
+        x = prefix
+        for k in range(start, self.cfg.n_q if upto is None else upto):
+            e = self.emb[k](seq[:, k])
+            x = e if x is None else x + e
+        return x
+
+    def stage_prefix(self, seq: torch.Tensor, stage: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Embedding sum of the codebooks before ``stage`` (constant while the stage decodes), written
+        into ``out`` when given (a static buffer). None for stage 0."""
+        if stage == 0:
+            return None
+        x = self.embed(seq, upto=stage)
+        return x if out is None else out.copy_(x)
+
     def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
-               cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None) -> torch.Tensor:
+               cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
+               prefix: torch.Tensor | None = None) -> torch.Tensor:
         """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd).
 
         cross_lengths: per row, how many condition positions to attend (batch-invariant mode); None
         attends over every padded position like audiocraft.
         null_from: rows from this index on are null (all-zero) conditions; their cross-attention is
         skipped (its output is exactly 0). None computes every row, with audiocraft's matmul shapes.
+        prefix: ``stage_prefix(seq, stage)``, to skip re-embedding the codebooks before the stage.
         """
-        x = sum(self.emb[k](seq[:, k]) for k in range(self.cfg.n_q))
+        x = self.embed(seq, prefix=prefix, start=0 if prefix is None else stage)
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
         kv = [(k.to(self.compute_dtype), v.to(self.compute_dtype)) for k, v in kv]
         window = self.window(stage)
@@ -158,7 +181,9 @@ class MagnetLM(nn.Module):
         return self.out_norm(x)
 
     def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
-                cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None) -> torch.Tensor:
+                cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the stage's codebook only: [B, T, card]."""
         head = self.heads[stage]
-        return head(self.hidden(seq, kv, stage, backend, cross_lengths, null_from).to(head.weight.dtype))
+        x = self.hidden(seq, kv, stage, backend, cross_lengths, null_from, prefix)
+        return head(x.to(head.weight.dtype))

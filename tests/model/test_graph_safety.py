@@ -27,17 +27,24 @@ def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, nu
     seq = torch.randint(0, 512, (2, 4, t), generator=g)
     seq[:, stage + 1:] = lm.mask_id
     row = seq[:, stage].clone()
+    seq = seq.repeat(2, 1, 1)                                   # the CFG batch [2B, ...]
     scores = torch.rand(2, t if stride1 else t // 3, generator=g)
     noise = S.draw_noise(torch.empty(2, t, 512), g) if params.use_sampling else None
     prompt = torch.randint(0, 512, (2, 4, 20), generator=g)
     with torch.no_grad():
         kv = lm.cross_kv(model10.condition(["calm piano", None]))
+        prefix = lm.stage_prefix(seq, stage)
         args = (lm, seq, row, scores, kv, noise, prompt)
         kw = {"stage": stage, "num_masked": num_masked, "cfg_coef": 3.5, "temperature": 1.7, "params": params,
-              "sampler": sampler}
-        eager = decode_step(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args), **kw)
+              "sampler": sampler, "prefix": prefix}
+        seq_eager, seq_traced = seq.clone(), seq.clone()
+        eager = decode_step(lm, seq_eager, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args[2:]),
+                            **kw)
         compiled = torch.compile(decode_step, fullgraph=True, backend="eager")
-        traced = compiled(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args), **kw)
+        traced = compiled(lm, seq_traced, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args[2:]),
+                          **kw)
     for a, b in zip(eager, traced, strict=True):
         assert torch.equal(a, b)
-    assert not bool(traced[3])
+    assert torch.equal(seq_eager, seq_traced)
+    assert torch.equal(seq_eager[:2, stage], eager[0]) and torch.equal(seq_eager[2:, stage], eager[0])
+    assert not bool(traced[2])

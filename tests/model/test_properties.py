@@ -68,7 +68,7 @@ def test_decoding_invariants(model10, arrangement, n_prompt, steps, seed):
     unit = 3 if arrangement == "nonoverlap" else 1
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, 512, (1, 4, n_prompt), generator=g) if n_prompt else None
-    seq = torch.full((1, 4, t), mask)
+    seq = torch.full((2, 4, t), mask)                          # the CFG batch: cond row, null row
     if prompt is not None:
         seq[..., :n_prompt] = prompt
     with torch.no_grad():
@@ -92,11 +92,12 @@ def test_decoding_invariants(model10, arrangement, n_prompt, steps, seed):
                 if previous is not None and unit == 3:
                     assert not (masked & ~previous).any()                    # nested: fixed spans stay fixed
                 before = row.masked_fill(masked, mask)
-                seq, row, scores, bad = decode_step(
+                row, scores, bad = decode_step(
                     lm, seq, row, scores, kv, S.draw_noise(torch.empty(1, t, 512), g), prompt, stage=stage,
                     num_masked=step.num_masked, cfg_coef=step.cfg_coef, temperature=step.temperature,
                     params=params)
                 assert not bool(bad)
+                assert torch.equal(seq[:1, stage], row) and torch.equal(seq[1:, stage], row)
                 assert torch.equal(row[~masked], before[~masked]) or step.index == 0 and prompt is not None
                 assert (row != mask).all()
                 if prompt is not None:

@@ -1,0 +1,122 @@
+"""Static-buffer decoding and the graph protocol, on CPU.
+
+``Decoder`` allocates every buffer once and, with graphs, records each (stage, step) on its first run and
+replays the recording afterwards. A CUDA graph freezes everything Python decided at record time (shapes,
+scalars, which buffers are read), so a recording is only correct if nothing it froze depends on the call.
+``graphs="fx"`` runs the same protocol with ``make_fx`` traces (the recorded aten ops, replayed on the same
+buffers), which checks exactly that on CPU: a second call with other texts, seeds and prompt contents,
+replayed from recordings made by the first, must give the tokens of a fresh eager decode.
+The CUDA-graph version of these checks is in test_gpu_runtime.py (GPU tier).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from magnet_fast.errors import ParameterError
+from magnet_fast.generate import Decoder, decode, resolve_params
+
+SHORT = (2, 2, 1, 1)
+
+
+def _inputs(model, texts, seed, n_prompt, batch_invariant=False):
+    cond, lengths = model._conditioning(texts, batch_invariant)
+    with torch.inference_mode():
+        kv = model.lm.cross_kv(cond)
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.card, (len(texts), 4, n_prompt), generator=g) if n_prompt else None
+    return kv, lengths, prompt, torch.Generator().manual_seed(seed + 1)
+
+
+@pytest.mark.parametrize("overrides, backend, sampler, n_prompt, invariant", [
+    pytest.param({}, "exact", "torch", 0, False, id="defaults-exact"),
+    pytest.param({"span_arrangement": "stride1", "span_scoring": "prod"}, "windowed", "torch", 7, False,
+                 id="stride1-prompt-windowed"),
+    pytest.param({"top_p": 0.0, "top_k": 30}, "sdpa", "torch", 20, True, id="top-k-prompt-invariant"),
+    pytest.param({"use_sampling": False}, "exact", "torch", 0, False, id="greedy"),
+    pytest.param({"top_p": 0.0}, "exact", "fused", 0, False, id="fused-sampler"),
+])
+def test_fx_replay_matches_eager(model10, overrides, backend, sampler, n_prompt, invariant):
+    lm = model10.lm
+    params = resolve_params(model10.config.generation, 4, decoding_steps=SHORT, **overrides)
+    cache: OrderedDict = OrderedDict()
+    # same words, other orders: one text length (so one key) except where batch_invariant keeps per-row lengths
+    calls = [(["calm piano", None], 5), (["piano calm", "calm piano"], 11), (["piano calm", None], 12)]
+    replayed = 0
+    for n, (texts, seed) in enumerate(calls):
+        kv, lengths, prompt, gen = _inputs(model10, texts, seed, n_prompt, invariant)
+        kv2, _, _, gen2 = _inputs(model10, texts, seed, n_prompt, invariant)
+        kw = {"prompt": prompt, "backend": backend, "cross_lengths": lengths, "sampler": sampler}
+        known = dict(cache)
+        got = decode(lm, kv, 2, 500, params, generator=gen, graphs="fx", cache=cache, **kw)
+        want = decode(lm, kv2, 2, 500, params, generator=gen2, **kw)
+        assert torch.equal(got, want), f"call {n}"
+        assert torch.equal(gen.get_state(), gen2.get_state()), "the RNG must advance exactly as in eager decoding"
+        if prompt is not None:
+            assert torch.equal(got[..., :n_prompt], prompt)
+        key, decoder = next(reversed(cache.items()))
+        assert len(decoder._graphs) == sum(SHORT)                      # every step recorded once
+        replayed += key in known
+    assert replayed >= 1 + (not invariant)              # call 3 (and call 2 unless invariant) were replays
+    assert (got != lm.mask_id).all()
+
+
+def test_recordings_are_replayed_not_rerun(model10, monkeypatch):
+    """After the first call no step goes through the Python step function again (a real replay)."""
+    lm = model10.lm
+    params = resolve_params(model10.config.generation, 4, decoding_steps=SHORT)
+    cache: OrderedDict = OrderedDict()
+    kv, _, _, gen = _inputs(model10, ["calm piano"], 1, 0)
+    decode(lm, kv, 1, 500, params, generator=gen, graphs="fx", cache=cache)
+    import magnet_fast.generate as G
+    calls = []
+    monkeypatch.setattr(G, "decode_step", lambda *a, **k: calls.append(1) or pytest.fail("step re-run"))
+    decode(lm, kv, 1, 500, params, generator=gen, graphs="fx", cache=cache)
+    assert calls == []
+
+
+def test_decoder_reuse_without_graphs(model10):
+    """A cached Decoder's buffers are fully reset between calls (prompt length 0 after a prompt too)."""
+    lm = model10.lm
+    params = resolve_params(model10.config.generation, 4, decoding_steps=SHORT)
+    cache: OrderedDict = OrderedDict()
+    for texts, seed, n_prompt in [(["a", "b"], 1, 9), (["c", None], 2, 9), (["d", "e"], 3, 0), (["f", "g"], 4, 0)]:
+        kv, _, prompt, gen = _inputs(model10, texts, seed, n_prompt)
+        kv2, _, _, gen2 = _inputs(model10, texts, seed, n_prompt)
+        got = decode(lm, kv, 2, 500, params, prompt=prompt, generator=gen, cache=cache)
+        want = decode(lm, kv2, 2, 500, params, prompt=prompt, generator=gen2)
+        assert torch.equal(got, want)
+        if prompt is not None:
+            assert torch.equal(got[..., :n_prompt], prompt)
+    assert len(cache) == 2                                   # one per prompt length
+    assert list(cache)[-1][7] == 0                           # most recently used last
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_prefix_is_bitwise_the_full_sum(model10, stage):
+    lm = model10.lm
+    g = torch.Generator().manual_seed(stage)
+    seq = torch.randint(0, lm.mask_id + 1, (3, 4, 97), generator=g)
+    with torch.inference_mode():
+        kv = lm.cross_kv(torch.randn(3, 5, lm.cfg.dim, generator=g))
+        out = torch.full((3, 97, lm.cfg.dim), float("nan"))
+        prefix = lm.stage_prefix(seq, stage, out=out)
+        assert prefix is out and not prefix.isnan().any()
+        assert torch.equal(lm.embed(seq, prefix=prefix, start=stage), lm.embed(seq))
+        assert torch.equal(lm(seq, kv, stage, "exact", prefix=prefix), lm(seq, kv, stage, "exact"))
+    assert lm.stage_prefix(seq, 0) is None
+
+
+def test_graph_options_are_checked(model10):
+    params = resolve_params(model10.config.generation, 4)
+    with pytest.raises(ParameterError, match="CUDA graphs need a CUDA device"):
+        model10.set_cuda_graphs(True)
+    with pytest.raises(ParameterError, match="True or False"):
+        model10.set_cuda_graphs("yes")
+    with pytest.raises(ParameterError, match="CUDA graphs need a CUDA device"):
+        Decoder(model10.lm, 1, 500, 4, params, graphs="cuda")
+    with pytest.raises(ParameterError, match="graphs must be one of"):
+        Decoder(model10.lm, 1, 500, 4, params, graphs="torch")
+    assert model10.cuda_graphs is False
