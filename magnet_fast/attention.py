@@ -6,8 +6,9 @@ Backends (same semantics, chosen per call):
 - ``"sdpa"``: torch's scaled_dot_product_attention with a *boolean* band mask (True = attend). The mask
   is always passed explicitly: audiocraft's torch backend instead set ``is_causal`` for masked stages,
   silently turning the band into causal attention (MAGNET_SPEC §4); that bug is not reproduced.
-- ``"windowed"``: banded stages gather each query's 2*window+1 keys (O(T*window) work and memory,
-  plain torch, any device); full stages use SDPA. Same math, different rounding: not bitwise.
+- ``"windowed"``: banded stages attend in dense query blocks over the keys around each block
+  (O(T*window) work and memory, plain torch, any device; the fast CPU path); full stages use SDPA. Same
+  math, different rounding: not bitwise (logits within 1e-6 relative of "exact").
 - ``"triton"``: banded stages run the ``magnet_fast::banded_attn`` custom op (the Triton kernel on CUDA,
   the dense reference elsewhere); full stages use SDPA. Not yet validated on a GPU: opt-in.
 """
@@ -71,18 +72,37 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
     raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Band attention by gathering each query's keys t-window..t+window: [B, H, T, D] -> same.
+def _block_mask(t: int, window: int, block: int, device) -> torch.Tensor:
+    """[n_blocks, block, block + 2*window] True where query i of the block may attend key slot j."""
+    nb, span = -(-t // block), block + 2 * window
+    q = torch.arange(nb * block, device=device).view(nb, block, 1)
+    k = (torch.arange(nb, device=device) * block).view(nb, 1, 1) - window + torch.arange(span, device=device)
+    return (((q - k).abs() <= window) & (k >= 0) & (k < t)) | (q >= t)    # padded queries: anything finite
 
-    Keys beyond the sequence ends are zero-padded and masked out; scores and softmax in float32.
+
+_BLOCK_MASKS: dict = {}
+
+
+def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                       block: int | None = None) -> torch.Tensor:
+    """Band attention in dense blocks: [B, H, T, D] -> same, O(T * (block + 2*window)) work and memory.
+
+    Queries are cut into blocks of ``block`` (default max(16, 2*window + 2)); each block attends the
+    block + 2*window keys around it with one batched matmul, the band and the sequence ends masked out.
+    Scores and softmax in float32. On 2 CPU cores this is 4-10x faster than gathering 2*window+1 keys
+    per query (strided copies) and than SDPA with a boolean band mask (measured at T=500, window 5).
     """
-    t, width = q.shape[-2], 2 * window + 1
-    scale = q.shape[-1] ** -0.5
-    pad = (0, 0, window, window)
-    k_win = F.pad(k, pad).unfold(-2, width, 1)                           # [B, H, T, D, width]
-    v_win = F.pad(v, pad).unfold(-2, width, 1)
-    scores = torch.einsum("bhtd,bhtdw->bhtw", q.float() * scale, k_win.float())
-    pos = torch.arange(t, device=q.device).view(-1, 1) + torch.arange(width, device=q.device) - window
-    scores = scores.masked_fill(((pos < 0) | (pos >= t)), float("-inf"))
-    out = torch.einsum("bhtw,bhtdw->bhtd", scores.softmax(dim=-1), v_win.float())
-    return out.to(q.dtype)
+    b, h, t, d = q.shape
+    block = block or max(16, 2 * window + 2)
+    nb, span = -(-t // block), block + 2 * window
+    pad = nb * block - t
+    key = (t, window, block, str(q.device))
+    if key not in _BLOCK_MASKS:
+        _BLOCK_MASKS[key] = _block_mask(t, window, block, q.device)
+    allowed = _BLOCK_MASKS[key]
+    qb = F.pad(q.float() * d ** -0.5, (0, 0, 0, pad)).view(b, h, nb, block, d)
+    kb = F.pad(k.float(), (0, 0, window, window + pad)).unfold(2, span, block)      # [B, H, nb, D, span]
+    vb = F.pad(v.float(), (0, 0, window, window + pad)).unfold(2, span, block)
+    scores = (qb @ kb).masked_fill(~allowed, float("-inf"))                        # [B, H, nb, block, span]
+    out = scores.softmax(dim=-1) @ vb.transpose(-1, -2)                           # [B, H, nb, block, D]
+    return out.reshape(b, h, nb * block, d)[:, :, :t].to(q.dtype)

@@ -106,7 +106,8 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
     if span > 1 and params.span_arrangement == "stride1":
         masked = S.select_stride1(scores, num_masked, span)
     else:
-        masked_units = S.select_spans(scores, num_masked)
+        top = scores.topk(num_masked, dim=-1).indices                     # S.select_spans, keeping indices
+        masked_units = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True)
         masked = masked_units
         if chunked:        # each chosen span masks span_len tokens (expand: no repeat_interleave sizing)
             masked = masked_units.unsqueeze(-1).expand(*masked_units.shape, span).reshape(batch, -1)
@@ -118,7 +119,16 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
     # the null half's cross-attention is exactly zero; "exact" still computes it (audiocraft's matmul
     # shapes, for bitwise parity), every other backend skips it
     null_from = None if backend == "exact" else batch
-    logits = lm(seq, kv, stage, backend, cross_lengths, null_from, prefix)   # [2B, T, card]
+    # Only the masked spans' tokens are kept, and each row has exactly num_masked of them, so outside
+    # "exact" (whose head GEMM keeps audiocraft's shape) the head and the sampler run on those
+    # num_masked * span_len positions alone (a static count: graph-safe). Their noise rows are the ones
+    # the full computation would use, so the tokens are the same draws.
+    gather = chunked and sampler == "torch" and backend != "exact"
+    positions = None
+    if gather:
+        positions = (top.unsqueeze(-1) * span + torch.arange(span, device=top.device)).reshape(batch, -1)
+    logits = lm(seq, kv, stage, backend, cross_lengths, null_from, prefix,
+                None if positions is None else positions.repeat(2, 1))     # [2B, T or M, card]
     cond, uncond = logits.split(batch)
     if sampler == "fused":
         from magnet_fast.kernels.sample import sample_step_op
@@ -135,8 +145,13 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
         return row, scores, ~torch.isfinite(scored).all()
     guided = S.cfg_logits(cond, uncond, cfg_coef)
     probs = S.step_probs(guided, temperature)
+    if gather and noise is not None:
+        noise = noise.gather(1, positions.unsqueeze(-1).expand(-1, -1, noise.shape[-1]))
     tokens, scored = S.sample(probs, guided, noise, top_p=params.top_p, top_k=params.top_k,
                               use_sampling=params.use_sampling)
+    if gather:         # back to [B, T]; positions outside the masked spans are never read below
+        tokens = row.scatter(1, positions, tokens)
+        scored = torch.ones(row.shape, dtype=scored.dtype, device=scored.device).scatter(1, positions, scored)
     was_masked = row == mask_id
     row = torch.where(was_masked, tokens, row)
     seq[:batch, stage] = row

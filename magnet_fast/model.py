@@ -182,8 +182,11 @@ class MagnetLM(nn.Module):
 
     def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
                 cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
-                prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the stage's codebook only: [B, T, card]."""
+                prefix: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the stage's codebook only: [B, T, card], or [B, M, card] at ``positions`` [B, M]
+        (the head then runs on those rows only: same math, other GEMM shapes, so not bitwise)."""
         head = self.heads[stage]
         x = self.hidden(seq, kv, stage, backend, cross_lengths, null_from, prefix)
+        if positions is not None:
+            x = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return head(x.to(head.weight.dtype))

@@ -16,8 +16,10 @@ from magnet_fast.kernels.sample import naive as S
     pytest.param({"span_arrangement": "stride1", "span_scoring": "prod"}, 2, 123, "torch", id="stride1"),
     pytest.param({"use_sampling": False}, 3, 7, "torch", id="greedy"),
     pytest.param({}, 1, 50, "fused", id="fused-sampler-op"),
+    pytest.param({}, 2, 40, "torch-windowed", id="masked-rows-only-windowed"),
 ])
 def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, num_masked, sampler):
+    sampler, _, backend = sampler.partition("-")
     torch._dynamo.reset()
     lm = model10.lm
     params = resolve_params(model10.config.generation, 4, **overrides)
@@ -36,7 +38,7 @@ def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, nu
         prefix = lm.stage_prefix(seq, stage)
         args = (lm, seq, row, scores, kv, noise, prompt)
         kw = {"stage": stage, "num_masked": num_masked, "cfg_coef": 3.5, "temperature": 1.7, "params": params,
-              "sampler": sampler, "prefix": prefix}
+              "sampler": sampler, "prefix": prefix, "backend": backend or "exact"}
         seq_eager, seq_traced = seq.clone(), seq.clone()
         eager = decode_step(lm, seq_eager, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args[2:]),
                             **kw)

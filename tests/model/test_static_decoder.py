@@ -120,3 +120,33 @@ def test_graph_options_are_checked(model10):
     with pytest.raises(ParameterError, match="graphs must be one of"):
         Decoder(model10.lm, 1, 500, 4, params, graphs="torch")
     assert model10.cuda_graphs is False
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "windowed"])
+@pytest.mark.parametrize("settings", [{"use_sampling": False}, {"top_p": 0.0, "top_k": 40}],
+                         ids=["greedy", "top-k"])
+def test_masked_rows_only_sampling_gives_exact_tokens(model10, backend, settings):
+    """Outside 'exact', the head and the sampler run on the masked spans' positions only (gathered); with
+    greedy / top-k decoding (no sort-order sensitivity) the tokens equal the full-row exact path's."""
+    texts = ["calm piano", None, "fast techno"]
+    want = model10.generate_tokens(texts, seed=4, decoding_steps=[5, 3, 3, 3], **settings)
+    model10.set_attention(backend)
+    try:
+        got = model10.generate_tokens(texts, seed=4, decoding_steps=[5, 3, 3, 3], **settings)
+    finally:
+        model10.set_attention("exact")
+    assert torch.equal(got, want)
+
+
+def test_positions_logits_are_the_gathered_full_logits(model10):
+    lm = model10.lm
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, lm.mask_id + 1, (4, 4, 498), generator=g)
+    positions = torch.stack([torch.randperm(498, generator=g)[:97] for _ in range(4)])
+    with torch.inference_mode():
+        kv = lm.cross_kv(torch.randn(4, 5, lm.cfg.dim, generator=g))
+        full = lm(seq, kv, 1, "sdpa", None, 2)
+        part = lm(seq, kv, 1, "sdpa", None, 2, None, positions)
+    want = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert part.shape == (4, 97, lm.cfg.card)
+    torch.testing.assert_close(part, want, rtol=1e-5, atol=1e-5)
