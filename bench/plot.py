@@ -33,20 +33,23 @@ def kernels(rows: list[dict], meta: dict, out: Path) -> None:
 
 
 def e2e(rows: list[dict], meta: dict, out: Path) -> None:
+    names = [k[:-2] for k in rows[0] if k.endswith("_s") and k not in ("all_s",) and not k.endswith("per_s")]
+    ours = [n for n in names if f"{n}_speedup" in rows[0]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     batches = [r["batch"] for r in rows]
-    width = 0.27
-    for i, name in enumerate(("audiocraft", "exact", "windowed")):
-        a.bar([x + (i - 1) * width for x in range(len(rows))], [r[f"{name}_s"] for r in rows], width, label=name)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        a.bar([x + (i - (len(names) - 1) / 2) * width for x in range(len(rows))], [r[f"{name}_s"] for r in rows],
+              width, label=name)
     a.set_xticks(range(len(rows)), [f"B={x}" for x in batches])
     a.set_ylabel("seconds, text -> tokens")
-    a.legend()
-    for name in ("exact", "windowed"):
+    a.legend(fontsize=7)
+    for name in ours:
         b.plot(batches, [r[f"{name}_speedup"] or 0 for r in rows], marker="o", label=f"magnet_fast {name}")
     b.axhline(1.0, color="grey", lw=0.8)
     b.set_xlabel("batch")
     b.set_ylabel("speedup vs audiocraft 1.3.0")
-    b.legend()
+    b.legend(fontsize=7)
     fig.suptitle(f"end to end — {meta['device_name']}, torch {meta['torch']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "e2e.png", dpi=110)

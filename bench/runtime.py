@@ -152,7 +152,8 @@ def main() -> None:
                 row["fraction_of_floor"] = row["floor_s"] / sec
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "all_s"}), flush=True)
-        model.set_cuda_graphs(False)                     # frees the recordings before the next variant
+        model.set_cuda_graphs(False)
+        model.clear_cuda_graphs()                        # frees the recordings before the next variant
     out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
     lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "

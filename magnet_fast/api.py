@@ -92,14 +92,12 @@ class MagnetFast:
         """Record each decoding step as a CUDA graph on its first run and replay it afterwards (CUDA only;
         off by default until validated on a GPU: see README). Recordings and their buffers are kept for
         the last ``DECODER_CACHE_SIZE`` shapes (batch, text length, parameters, prompt length, backend,
-        sampler); ``clear_cuda_graphs()`` frees them."""
+        sampler), also while graphs are switched off; ``clear_cuda_graphs()`` frees them."""
         if not isinstance(enabled, bool):
             raise ParameterError(f"cuda_graphs must be True or False, got {enabled!r}")
         if enabled and self.device.type != "cuda":
             raise ParameterError(f"CUDA graphs need a CUDA device; this model is on {self.device.type}")
         self.cuda_graphs = enabled
-        if not enabled:
-            self.clear_cuda_graphs()
 
     def clear_cuda_graphs(self) -> None:
         """Drop every recorded graph and its static buffers."""

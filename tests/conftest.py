@@ -108,4 +108,5 @@ def run_oracle():
                                *args], capture_output=True, text=True, env=env, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     run.python = ORACLE_PYTHON
+    run.config = ORACLE_CONFIG
     return run

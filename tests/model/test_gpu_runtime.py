@@ -57,6 +57,7 @@ def test_cuda_graph_replay_equals_eager(cuda_models, backend, sampler):
         assert len(bf16._decoders) == 1 and len(next(iter(bf16._decoders.values()))._graphs) == 10
     finally:
         bf16.set_cuda_graphs(False)
+        bf16.clear_cuda_graphs()
         bf16.set_sampler("torch")
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
