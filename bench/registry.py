@@ -49,8 +49,8 @@ def _sample_shapes() -> list[Shape]:
 
 
 REGISTRY = {
-    "banded_attn": OpConfig("banded_attn", providers=("naive", "sdpa", "flex", "triton"),
-                            cpu_providers=("naive", "sdpa", "flex"), shapes=_attn_shapes()),
+    "banded_attn": OpConfig("banded_attn", providers=("naive", "sdpa", "windowed", "flex", "triton"),
+                            cpu_providers=("naive", "sdpa", "windowed", "flex"), shapes=_attn_shapes()),
     "sample_step": OpConfig("sample_step", providers=("torch_ops", "fused"), cpu_providers=("torch_ops",),
                             shapes=_sample_shapes()),
 }

@@ -67,6 +67,9 @@ def attn_case(dims: dict, dtype, device):
         bias_mask = (idx[:, None] - idx[None, :]).abs() <= window                 # True = attend
     fns = {"naive": lambda: naive.banded_attention(q, k, v, window),
            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask)}
+    if window is not None:                  # the runtime's 'windowed' backend (dense query blocks)
+        from magnet_fast.attention import windowed_attention
+        fns["windowed"] = lambda: windowed_attention(q, k, v, window)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         global _FLEX

@@ -286,8 +286,11 @@ class MagnetFast:
         per row, audiocraft's conditioning).
 
         max_batch: decode at most this many descriptions at once (memory); the output keeps the input
-        order. With batch_invariant splitting does not change any row; in audiocraft mode each chunk is
-        conditioned and sampled as its own batch, one stream. (batch_invariant without a seed draws one
+        order. Without it, running out of memory halves the chunk size and starts over (fresh seeded
+        streams; a ResourceWarning says so) until a single description does not fit (ResourceError); with
+        it, running out of memory is a ResourceError naming a smaller max_batch. With batch_invariant
+        splitting does not change any row; in audiocraft mode each chunk is conditioned and sampled as its
+        own batch, one stream. (batch_invariant without a seed draws one
         base seed from ``generator`` or torch's global RNG.)
         """
         descriptions = self._check_descriptions(descriptions)
@@ -305,6 +308,7 @@ class MagnetFast:
         if seed is None and batch_invariant:
             # one base seed from the caller's (or torch's global) generator, then a stream per row
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())
+        gens = None
         if seed is not None:
             seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
             if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 - len(seeds) - 1
@@ -314,24 +318,45 @@ class MagnetFast:
                 raise ParameterError(f"{len(seeds)} seeds for {len(descriptions)} descriptions")
             if batch_invariant and len(seeds) == 1:
                 seeds = [seeds[0] + i for i in range(len(descriptions))]
-            gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-            generator = gens if isinstance(seed, (list, tuple)) or batch_invariant else gens[0]
+            per_row = isinstance(seed, (list, tuple)) or batch_invariant
+
+            def gens():              # fresh streams: a retry after running out of memory starts over
+                g = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+                return g if per_row else g[0]
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
                                       or max_batch < 1):
             raise ParameterError(f"max_batch must be a positive integer, got {max_batch!r}")
         size = max_batch or len(descriptions)
-        out = []
-        for start in range(0, len(descriptions), size):
-            part = slice(start, start + size)
-            gen = generator[part] if isinstance(generator, list) else generator
+        while True:
+            generator_now = gens() if gens is not None else generator
             try:
-                out.append(self._decode(descriptions[part], params, None if prompt is None else prompt[part],
-                                        gen, progress, bool(batch_invariant)))
+                out = []
+                for start in range(0, len(descriptions), size):
+                    part = slice(start, start + size)
+                    gen = generator_now[part] if isinstance(generator_now, list) else generator_now
+                    out.append(self._decode(descriptions[part], params, None if prompt is None else prompt[part],
+                                            gen, progress, bool(batch_invariant)))
+                break
             except OUT_OF_MEMORY:
-                n = len(descriptions[part])
-                raise ResourceError(f"out of {self.device.type} memory decoding a batch of {n}; pass "
-                                    f"max_batch={max(1, n // 2)} (CLI: --max-batch) or use fewer "
-                                    "descriptions per call") from None
+                out = None                                    # drop the finished chunks before retrying
+                self.clear_cuda_graphs()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if max_batch is not None or size == 1:
+                    raise ResourceError(f"out of {self.device.type} memory decoding a batch of {size}; pass "
+                                        f"max_batch={max(1, size // 2)} (CLI: --max-batch) or use fewer "
+                                        "descriptions per call" if size > 1 else
+                                        f"out of {self.device.type} memory decoding a single description; "
+                                        "free memory, use a lower-precision dtype or a smaller model") from None
+                failed, size = size, (size + 1) // 2
+                import warnings
+                note = ("" if batch_invariant else " (audiocraft mode: each chunk is conditioned and sampled as "
+                        "its own batch, so rows differ from an unsplit run; batch_invariant=True avoids that)")
+                warnings.warn(f"out of {self.device.type} memory with a batch of {failed}; decoding in chunks "
+                              f"of {size} instead{note}. Pass max_batch= to choose.", ResourceWarning, stacklevel=2)
+                if gens is None and generator is not None:
+                    warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
+                                  "split run reproducible)", ResourceWarning, stacklevel=2)
         return torch.cat(out)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

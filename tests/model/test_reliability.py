@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magnet_fast.errors import NumericsError, ParameterError
+from magnet_fast.errors import NumericsError, ParameterError, ResourceError
 
 SHORT = {"decoding_steps": [4, 2, 2, 2]}
 LONG_TEXT = "energetic edm with drums and bass and synth"
@@ -163,3 +163,42 @@ def test_bad_device_and_prompt_rate(ref10, tmp_path):
     model = mf.MagnetFast.from_pretrained(out, t5=ref10.folder / "t5_tiny")
     with pytest.raises(ParameterError, match="prompt_sample_rate must be a positive integer"):
         model.prompt_tokens(torch.zeros(100), batch=1, prompt_sample_rate=0)
+
+
+def _oom_above(model, monkeypatch, limit):
+    """Make the model's decode run out of memory for batches larger than ``limit`` (as torch would)."""
+    from magnet_fast.api import OUT_OF_MEMORY
+    real = type(model)._decode
+    sizes = []
+
+    def decode(self, descriptions, *args, **kwargs):
+        sizes.append(len(descriptions))
+        if len(descriptions) > limit:
+            raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(self, descriptions, *args, **kwargs)
+    monkeypatch.setattr(type(model), "_decode", decode)
+    return sizes
+
+
+def test_out_of_memory_splits_automatically(model10, monkeypatch):
+    texts = ["calm piano", "fast techno", None, "sad violin", "jazz"]
+    want_invariant = model10.generate_tokens(texts, seed=3, batch_invariant=True, **SHORT)
+    g = torch.Generator().manual_seed(3)           # audiocraft mode: one stream runs on through the chunks
+    want_chunks = torch.cat([model10.generate_tokens(texts[i:i + 2], generator=g, **SHORT) for i in (0, 2, 4)])
+    sizes = _oom_above(model10, monkeypatch, 2)
+    with pytest.warns(ResourceWarning, match="out of cpu memory with a batch of 5; decoding in chunks of 3"):
+        got = model10.generate_tokens(texts, seed=3, batch_invariant=True, **SHORT)
+    assert torch.equal(got, want_invariant)                     # order kept, rows unchanged
+    assert sizes == [5, 3, 2, 2, 1]                             # 5 -> 3 (fails) -> 2, 2, 1
+    sizes.clear()
+    with pytest.warns(ResourceWarning, match="audiocraft mode"):
+        got = model10.generate_tokens(texts, seed=3, **SHORT)   # restarted from the seed: reproducible
+    assert torch.equal(got, want_chunks)
+
+
+def test_out_of_memory_with_max_batch_or_single_row_is_an_error(model10, monkeypatch):
+    _oom_above(model10, monkeypatch, 0)
+    with pytest.raises(ResourceError, match="batch of 4; pass max_batch=2"):
+        model10.generate_tokens(["a", "b", "c", "d"], max_batch=4, **SHORT)
+    with pytest.raises(ResourceError, match="single description"), pytest.warns(ResourceWarning):
+        model10.generate_tokens(["a", "b"], **SHORT)
