@@ -67,3 +67,21 @@ def load_converted(tmp_path_factory):
     """Callable: Reference -> converted, loaded MagnetFast (cached per fixture folder)."""
     root = tmp_path_factory.mktemp("models-extra")
     return lambda ref: converted_model(ref, root)
+
+
+def _token_tv_distance(a, b, card: int) -> float:
+    """Total-variation distance between the per-codebook token histograms of two [B, n_q, T] batches
+    (the largest over codebooks)."""
+    import torch
+    tv = []
+    for k in range(a.shape[1]):
+        ha = torch.bincount(a[:, k].flatten().cpu(), minlength=card).double()
+        hb = torch.bincount(b[:, k].flatten().cpu(), minlength=card).double()
+        tv.append(0.5 * (ha / ha.sum() - hb / hb.sum()).abs().sum().item())
+    return max(tv)
+
+
+@pytest.fixture
+def token_tv_distance():
+    """Callable (a, b, card) -> histogram total-variation distance (statistical token checks)."""
+    return _token_tv_distance
