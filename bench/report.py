@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def _kind(rows: list[dict]) -> str | None:
     return None
 
 
+BASE = ROOT                  # links are relative to the README's folder (set by main)
+
+
 def _stamp(folder: Path, meta: dict) -> str:
-    rel = folder.relative_to(ROOT).as_posix()
+    rel = Path(os.path.relpath(folder, BASE)).as_posix()
     return (f"{meta['device_name']}, torch {meta['torch']}, commit `{meta['git_commit'][:7]}`"
             f"{' (dirty)' if meta.get('git_dirty') else ''}, {meta['date'][:10]} "
             f"([results]({rel}/results.md))")
@@ -112,6 +116,8 @@ def main() -> None:
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
+    global BASE
+    BASE = args.readme.resolve().parent
     text = args.readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{args.readme}: no '{BEGIN}' ... '{END}' block to fill")
