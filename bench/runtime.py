@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, choices=[10, 30], default=10)
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--variants", nargs="+", default=None,
-                    help="default (CUDA): sdpa sdpa+graphs triton+graphs triton+fused+graphs; (CPU): exact windowed")
+                    help="default (CUDA): sdpa sdpa+graphs windowed+graphs triton+graphs triton+fused+graphs; "
+                         "(CPU): exact windowed")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--steps", default="20,10,10,10")
     ap.add_argument("--repeats", type=int, default=3)
@@ -87,8 +88,8 @@ def main() -> None:
     import magnet_fast as mf
     cuda = args.device == "cuda"
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    variants = args.variants or (["sdpa", "sdpa+graphs", "triton+graphs", "triton+fused+graphs"] if cuda
-                                 else ["exact", "windowed"])
+    variants = args.variants or (["sdpa", "sdpa+graphs", "windowed+graphs", "triton+graphs", "triton+fused+graphs"]
+                                 if cuda else ["exact", "windowed"])
     steps = [int(s) for s in args.steps.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="magnet-runtime-")) / "model"
     build(tmp, args.geometry, args.duration)
