@@ -186,6 +186,43 @@ def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
     return rows
 
 
+VARIANT_FLAGS = {"graphs", "fused"}
+
+
+def parse_variant(variant: str) -> tuple[str, set]:
+    """'triton+fused+graphs' -> ('triton', {'fused', 'graphs'}); SystemExit on an unknown flag."""
+    backend, *flags = variant.split("+")
+    if set(flags) - VARIANT_FLAGS:
+        raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused]")
+    return backend, set(flags)
+
+
+def apply_variant(model, variant: str) -> None:
+    """Set a MagnetFast's attention backend, sampler and CUDA graphs for a runtime variant."""
+    backend, flags = parse_variant(variant)
+    model.set_attention(backend)
+    model.set_sampler("fused" if "fused" in flags else "torch")
+    model.set_cuda_graphs("graphs" in flags)
+
+
+def recordings(model) -> int:
+    """How many steps are recorded now (a change during a timed loop means timings include recording)."""
+    return sum(len(d._graphs) for d in model._decoders.values()) + len(model._decoders)
+
+
+def token_gate(model, variant: str, texts: list[str], steps=(4, 2, 2, 2)) -> float:
+    """Greedy tokens of the variant, replayed when it uses graphs, vs the same backend eager with the
+    default sampler: the share of equal tokens (1.0 expected; a broken replay or fused sampler shows)."""
+    backend, _ = parse_variant(variant)
+    apply_variant(model, backend)
+    ref = model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))
+    apply_variant(model, variant)
+    model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))        # records (graphs)
+    got = model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))  # replays
+    model.clear_cuda_graphs()
+    return (got == ref).float().mean().item()
+
+
 def fmt(x, spec):
     return "—" if x is None else format(x, spec)
 

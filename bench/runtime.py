@@ -6,7 +6,8 @@
 
 Each --variants entry is an attention backend with optional "+graphs" (CUDA-graph replay) and "+fused"
 (the fused sampler), e.g. ``sdpa``, ``sdpa+graphs``, ``triton+fused+graphs``. For each: a logits gate
-first (vs the fp32 'exact' backend on the same device, rel. err < 2e-2 for bf16/fp16, 1e-5 for fp32),
+first (vs the fp32 'exact' backend on the same device, rel. err < 2e-2 for bf16/fp16, 1e-5 for fp32; for
++graphs/+fused also >= 99 % equal greedy tokens vs the eager default sampler, replayed),
 then text -> tokens timed (median of --repeats, CUDA-synchronised), with the achieved TFLOP/s of the LM
 passes and the share of --peak-tflops, and the codec decode (text -> WAV = both). No audiocraft here: the
 side-by-side baseline is bench/e2e.py (which needs the audiocraft oracle environment).
@@ -83,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from run import save_results, stamp
+    from run import apply_variant, parse_variant, recordings, save_results, stamp, token_gate
 
     import magnet_fast as mf
     cuda = args.device == "cuda"
@@ -114,22 +115,24 @@ def main() -> None:
     tol = 1e-5 if dtype == "float32" else 2e-2
     rows = []
     for variant in variants:
-        backend, *flags = variant.split("+")
-        if set(flags) - {"graphs", "fused"}:
-            raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused]")
+        backend, flags = parse_variant(variant)
         with torch.inference_mode():
             err = max(((model.lm(seq, kv, s, backend, None, 1).float() - exact[s]).norm() / exact[s].norm()).item()
                       for s in (0, 1))
-        gate = err < tol
-        model.set_attention(backend)
-        model.set_sampler("fused" if "fused" in flags else "torch")
-        model.set_cuda_graphs("graphs" in flags)
+        agree = token_gate(model, variant, ["calm piano", "fast drums"]) if flags and err < tol else None
+        gate = err < tol and (agree is None or agree >= 0.99)
+        apply_variant(model, variant)
         for batch in args.batches:
             texts = [f"track {i} with drums" for i in range(batch)]
             row = {"variant": variant, "backend": backend, "batch": batch, "gate": "PASS" if gate else "FAIL",
-                   "rel_err": err}
+                   "rel_err": err, "greedy_token_agreement": agree}
             if gate:
+                sync()
+                t0 = time.perf_counter()
                 model.generate_tokens(texts, seed=0, decoding_steps=steps)            # warm-up (and recording)
+                sync()
+                row["first_call_s"] = time.perf_counter() - t0
+                recorded = recordings(model)
                 times = []
                 for r in range(args.repeats):
                     sync()
@@ -137,6 +140,7 @@ def main() -> None:
                     model.generate_tokens(texts, seed=r, decoding_steps=steps)
                     sync()
                     times.append(time.perf_counter() - t0)
+                row["recorded_while_timing"] = recordings(model) != recorded
                 sec = statistics.median(times)
                 tokens = model.generate_tokens(texts, seed=0, decoding_steps=steps)
                 wav_times = []
@@ -170,7 +174,8 @@ def main() -> None:
                          f"{r['samples_per_s']:.2f} | {r['tflops']:.2f} | {r['floor_s']:.4f} | "
                          f"{r['fraction_of_floor']:.3f} | {r['decode_s']:.3f} | {r['text_to_wav_s']:.3f} |")
         else:
-            lines.append(f"| {r['variant']} | {r['batch']} | FAIL ({r['rel_err']:.1e}) | | | | | | | |")
+            agree = "" if r["greedy_token_agreement"] is None else f", tokens {r['greedy_token_agreement']:.3f}"
+            lines.append(f"| {r['variant']} | {r['batch']} | FAIL ({r['rel_err']:.1e}{agree}) | | | | | | | |")
     save_results(out, meta, rows, lines)
     print(f"wrote {out}")
 

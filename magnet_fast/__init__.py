@@ -3,6 +3,7 @@ from magnet_fast.api import MagnetFast
 from magnet_fast.config import GenerationDefaults, MagnetConfig
 from magnet_fast.convert import convert
 from magnet_fast.errors import (
+    BatchSplitWarning,
     CheckpointError,
     ConfigError,
     MagnetFastError,
@@ -13,4 +14,5 @@ from magnet_fast.errors import (
 
 __version__ = "0.1.0"
 __all__ = ["MagnetFast", "MagnetConfig", "GenerationDefaults", "convert", "MagnetFastError",
-           "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError", "__version__"]
+           "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError",
+           "BatchSplitWarning", "__version__"]

@@ -1,6 +1,7 @@
 """Python API: ``MagnetFast.from_pretrained(path).generate_tokens([...])``."""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 
 from magnet_fast.conditioning import TextEncoder
 from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
-from magnet_fast.errors import CheckpointError, ParameterError, ResourceError
+from magnet_fast.errors import BatchSplitWarning, CheckpointError, ParameterError, ResourceError
 from magnet_fast.generate import Params, decode, output_frames, resolve_params
 from magnet_fast.model import MagnetLM
 
@@ -84,7 +85,9 @@ class MagnetFast:
         self.attention_backend = "exact" if self.device.type == "cpu" else "sdpa"
         self.sampler = "torch"
         self.cuda_graphs = False
+        self._graph_mode = "cuda"                        # tests use "fx" (generate.Decoder) on CPU
         self._decoders: OrderedDict = OrderedDict()      # graph mode: Decoder per shape key, LRU
+        self._lock = threading.RLock()                   # a cached Decoder's buffers serve one call at a time
 
     DECODER_CACHE_SIZE = 4
 
@@ -92,7 +95,9 @@ class MagnetFast:
         """Record each decoding step as a CUDA graph on its first run and replay it afterwards (CUDA only;
         off by default until validated on a GPU: see README). Recordings and their buffers are kept for
         the last ``DECODER_CACHE_SIZE`` shapes (batch, text length, parameters, prompt length, backend,
-        sampler), also while graphs are switched off; ``clear_cuda_graphs()`` frees them."""
+        sampler), also while graphs are switched off; ``clear_cuda_graphs()`` frees them. Calls on one
+        model are serialised while graphs are on (the recordings' buffers are shared); a new text length
+        means a new recording (an eager pass plus capture), so graphs pay off for repeated shapes."""
         if not isinstance(enabled, bool):
             raise ParameterError(f"cuda_graphs must be True or False, got {enabled!r}")
         if enabled and self.device.type != "cuda":
@@ -287,7 +292,7 @@ class MagnetFast:
 
         max_batch: decode at most this many descriptions at once (memory); the output keeps the input
         order. Without it, running out of memory halves the chunk size and starts over (fresh seeded
-        streams; a ResourceWarning says so) until a single description does not fit (ResourceError); with
+        streams; a BatchSplitWarning says so) until a single description does not fit (ResourceError); with
         it, running out of memory is a ResourceError naming a smaller max_batch. With batch_invariant
         splitting does not change any row; in audiocraft mode each chunk is conditioned and sampled as its
         own batch, one stream. (batch_invariant without a seed draws one
@@ -329,6 +334,7 @@ class MagnetFast:
         size = max_batch or len(descriptions)
         while True:
             generator_now = gens() if gens is not None else generator
+            failed = None
             try:
                 out = []
                 for start in range(0, len(descriptions), size):
@@ -336,27 +342,29 @@ class MagnetFast:
                     gen = generator_now[part] if isinstance(generator_now, list) else generator_now
                     out.append(self._decode(descriptions[part], params, None if prompt is None else prompt[part],
                                             gen, progress, bool(batch_invariant)))
-                break
             except OUT_OF_MEMORY:
-                out = None                                    # drop the finished chunks before retrying
-                self.clear_cuda_graphs()
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if max_batch is not None or size == 1:
-                    raise ResourceError(f"out of {self.device.type} memory decoding a batch of {size}; pass "
-                                        f"max_batch={max(1, size // 2)} (CLI: --max-batch) or use fewer "
-                                        "descriptions per call" if size > 1 else
-                                        f"out of {self.device.type} memory decoding a single description; "
-                                        "free memory, use a lower-precision dtype or a smaller model") from None
-                failed, size = size, (size + 1) // 2
-                import warnings
-                note = ("" if batch_invariant else " (audiocraft mode: each chunk is conditioned and sampled as "
-                        "its own batch, so rows differ from an unsplit run; batch_invariant=True avoids that)")
-                warnings.warn(f"out of {self.device.type} memory with a batch of {failed}; decoding in chunks "
-                              f"of {size} instead{note}. Pass max_batch= to choose.", ResourceWarning, stacklevel=2)
-                if gens is None and generator is not None:
-                    warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
-                                  "split run reproducible)", ResourceWarning, stacklevel=2)
+                failed = len(descriptions[part])              # the chunk that did not fit
+            if failed is None:
+                break
+            out = None           # cleanup outside the except block: its traceback pinned the failed frames
+            self.clear_cuda_graphs()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if max_batch is not None or failed == 1:
+                raise ResourceError(f"out of {self.device.type} memory decoding a batch of {failed}; pass "
+                                    f"max_batch={max(1, failed // 2)} (CLI: --max-batch) or use fewer "
+                                    "descriptions per call" if failed > 1 else
+                                    f"out of {self.device.type} memory decoding a single description; "
+                                    "free memory, use a lower-precision dtype or a smaller model")
+            size = (failed + 1) // 2
+            import warnings
+            note = ("" if batch_invariant else " (audiocraft mode: each chunk is conditioned and sampled as "
+                    "its own batch, so rows differ from an unsplit run; batch_invariant=True avoids that)")
+            warnings.warn(f"out of {self.device.type} memory with a batch of {failed}; decoding in chunks "
+                          f"of {size} instead{note}. Pass max_batch= to choose.", BatchSplitWarning, stacklevel=2)
+            if gens is None and generator is not None:
+                warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
+                              "split run reproducible)", BatchSplitWarning, stacklevel=2)
         return torch.cat(out)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -429,12 +437,13 @@ class MagnetFast:
                 bar.update(1)
         cache = self._decoders if self.cuda_graphs else None
         try:
-            out = decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
-                         generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
-                         sampler=self.sampler, callback=callback, graphs="cuda" if self.cuda_graphs else None,
-                         cache=cache)
-            while cache is not None and len(cache) > self.DECODER_CACHE_SIZE:
-                cache.popitem(last=False)                 # least recently used shape
+            with self._lock:
+                out = decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
+                             generator=generator, backend=self.attention_backend, cross_lengths=cross_lengths,
+                             sampler=self.sampler, callback=callback,
+                             graphs=self._graph_mode if self.cuda_graphs else None, cache=cache)
+                while cache is not None and len(cache) > self.DECODER_CACHE_SIZE:
+                    cache.popitem(last=False)                 # least recently used shape
             return out
         finally:
             if bar is not None:

@@ -24,3 +24,8 @@ class NumericsError(MagnetFastError, RuntimeError):
 
 class ResourceError(MagnetFastError, RuntimeError):
     """The device ran out of memory; the message says which batch size to use instead."""
+
+
+class BatchSplitWarning(UserWarning):
+    """A batch ran out of memory and is being decoded in smaller chunks (shown by default, unlike
+    ResourceWarning)."""

@@ -228,10 +228,12 @@ class Decoder:
 
     @staticmethod
     def make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths, sampler, graphs):
-        """Everything a recorded step depends on besides buffer contents."""
+        """Everything a recorded step depends on besides buffer contents (the weights' addresses too: a
+        recording that outlived replaced parameters would read freed memory)."""
         w = lm.emb[0].weight
+        weights = hash(tuple(t.data_ptr() for t in lm.parameters()))
         return (id(lm), str(w.device), lm.compute_dtype, batch, frames, text_len, params, n_prompt, backend,
-                cross_lengths, sampler, graphs)
+                cross_lengths, sampler, graphs, weights)
 
     def run(self, kv: list, prompt: torch.Tensor | None = None, generator=None, callback=None) -> torch.Tensor:
         """Decode all stages for this call's condition K/V, prompt tokens and generator(s) -> [B, n_q, T']."""

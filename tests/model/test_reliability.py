@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magnet_fast.errors import NumericsError, ParameterError, ResourceError
+from magnet_fast.errors import BatchSplitWarning, NumericsError, ParameterError, ResourceError
 
 SHORT = {"decoding_steps": [4, 2, 2, 2]}
 LONG_TEXT = "energetic edm with drums and bass and synth"
@@ -95,8 +95,8 @@ def test_fast_backends_match_exact_logits(model10, ref10):
 def test_repeated_generation_does_not_grow_memory(model10):
     import resource
     steps = {"decoding_steps": [1, 1, 1, 1]}
-    for _ in range(20):                                                 # warm up allocator and caches
-        model10.generate_tokens(["calm piano"], seed=0, **steps)
+    for _ in range(20):                     # warm up allocator and caches at the measured batch size
+        model10.generate_tokens(["calm piano", None], seed=0, **steps)
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     caches = (len(model10.lm.masks._cache), len(model10.lm._pos))
     for i in range(200):
@@ -186,12 +186,12 @@ def test_out_of_memory_splits_automatically(model10, monkeypatch):
     g = torch.Generator().manual_seed(3)           # audiocraft mode: one stream runs on through the chunks
     want_chunks = torch.cat([model10.generate_tokens(texts[i:i + 2], generator=g, **SHORT) for i in (0, 2, 4)])
     sizes = _oom_above(model10, monkeypatch, 2)
-    with pytest.warns(ResourceWarning, match="out of cpu memory with a batch of 5; decoding in chunks of 3"):
+    with pytest.warns(BatchSplitWarning, match="out of cpu memory with a batch of 5; decoding in chunks of 3"):
         got = model10.generate_tokens(texts, seed=3, batch_invariant=True, **SHORT)
     assert torch.equal(got, want_invariant)                     # order kept, rows unchanged
     assert sizes == [5, 3, 2, 2, 1]                             # 5 -> 3 (fails) -> 2, 2, 1
     sizes.clear()
-    with pytest.warns(ResourceWarning, match="audiocraft mode"):
+    with pytest.warns(BatchSplitWarning, match="audiocraft mode"):
         got = model10.generate_tokens(texts, seed=3, **SHORT)   # restarted from the seed: reproducible
     assert torch.equal(got, want_chunks)
 
@@ -200,5 +200,7 @@ def test_out_of_memory_with_max_batch_or_single_row_is_an_error(model10, monkeyp
     _oom_above(model10, monkeypatch, 0)
     with pytest.raises(ResourceError, match="batch of 4; pass max_batch=2"):
         model10.generate_tokens(["a", "b", "c", "d"], max_batch=4, **SHORT)
-    with pytest.raises(ResourceError, match="single description"), pytest.warns(ResourceWarning):
+    with pytest.raises(ResourceError, match="batch of 2; pass max_batch=1"):   # the chunk that failed
+        model10.generate_tokens(["a", "b"], max_batch=4, **SHORT)
+    with pytest.raises(ResourceError, match="single description"), pytest.warns(BatchSplitWarning):
         model10.generate_tokens(["a", "b"], **SHORT)

@@ -61,6 +61,29 @@ def test_fx_replay_matches_eager(model10, overrides, backend, sampler, n_prompt,
         replayed += key in known
     assert replayed >= 1 + (not invariant)              # call 3 (and call 2 unless invariant) were replays
     assert (got != lm.mask_id).all()
+    for decoder in cache.values():
+        _assert_recordings_read_only_long_lived_tensors(decoder)
+
+
+def _assert_recordings_read_only_long_lived_tensors(decoder):
+    """What fx cannot show by replaying: a tensor made inside the step from host data (a host->device copy,
+    illegal while a CUDA graph records) becomes a baked constant of the trace. Every constant a recording
+    reads must be a buffer, weight or long-lived cache that exists outside the step."""
+    from magnet_fast import attention
+    lm = decoder.lm
+    known = [decoder.seq, decoder.row, decoder.scores, decoder.noise, decoder.flag, decoder.prefix,
+             *[t for kv in decoder.kv for t in kv], *lm.parameters(), *lm.buffers(), *lm._pos.values(),
+             *[m for m in lm.masks._cache.values() if m is not None], *attention._BLOCK_MASKS.values(),
+             *decoder.fused.values(), *(decoder.coefs or []), *(decoder.temps or [])]
+    if decoder.prompt is not None:
+        known.append(decoder.prompt)
+    storages = {t.untyped_storage().data_ptr() for t in known}
+    for (stage, i), traced in decoder._graphs.items():
+        for name in dir(traced):
+            if name.startswith("_tensor_constant"):
+                const = getattr(traced, name)
+                assert const.untyped_storage().data_ptr() in storages, \
+                    f"step ({stage}, {i}) reads {name} {tuple(const.shape)} {const.dtype} made inside the step"
 
 
 def test_recordings_are_replayed_not_rerun(model10, monkeypatch):
@@ -170,3 +193,25 @@ def test_token_statistics_of_a_fast_backend_match_exact(model10, token_tv_distan
     shuffled = exact_b.clone()
     shuffled[:, 1:] = torch.randint(0, 512, shuffled[:, 1:].shape, generator=torch.Generator().manual_seed(0))
     assert token_tv_distance(shuffled, exact_a, 512) > 1.5 * noise + 0.02     # the check can fail
+
+
+def test_api_graph_cache_eviction_and_rerecording(model10):
+    """The API's LRU of recorded shapes (fx stand-in on CPU): a 5th shape evicts the oldest, which is then
+    recorded again and still replays correctly; clear_cuda_graphs empties it."""
+    steps = {"decoding_steps": [2, 1, 1, 1]}
+    shapes = [["calm piano"], ["calm piano", None], ["a", "b", "c"], ["calm piano"] * 4, ["a"] * 5]
+    want = [model10.generate_tokens(t, seed=1, **steps) for t in shapes]
+    model10.cuda_graphs, model10._graph_mode = True, "fx"      # the setter refuses CPU for real graphs
+    try:
+        got = [model10.generate_tokens(t, seed=1, **steps) for t in shapes]
+        assert len(model10._decoders) == model10.DECODER_CACHE_SIZE == 4
+        assert [k[3] for k in model10._decoders] == [2, 3, 4, 5]             # batch 1 was evicted
+        again = model10.generate_tokens(shapes[0], seed=1, **steps)           # re-recorded
+        assert [k[3] for k in model10._decoders] == [3, 4, 5, 1]
+        replay = model10.generate_tokens(shapes[0], seed=1, **steps)          # replayed
+    finally:
+        model10.cuda_graphs, model10._graph_mode = False, "cuda"
+        model10.clear_cuda_graphs()
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert torch.equal(again, want[0]) and torch.equal(replay, want[0])
+    assert len(model10._decoders) == 0
