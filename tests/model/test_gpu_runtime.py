@@ -59,6 +59,7 @@ def test_cuda_graph_replay_equals_eager(cuda_models, backend, sampler):
         bf16.set_cuda_graphs(False)
         bf16.clear_cuda_graphs()
         bf16.set_sampler("torch")
+        bf16.set_attention("sdpa")
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
     assert torch.equal(replay, want[0]) and not torch.equal(want[0], want[1])
@@ -79,3 +80,21 @@ def test_cuda_tokens_statistically_match_cpu_fp32(cuda_models, model10, token_tv
     cpu_b = model10.generate_tokens(texts, seed=11, **steps)
     gpu = bf16.generate_tokens(texts, seed=12, **steps).cpu()
     assert token_tv_distance(gpu, cpu_a, 512) < 1.5 * token_tv_distance(cpu_a, cpu_b, 512) + 0.02
+
+
+def test_cuda_graphs_with_prompt_invariant_rows_and_a_short_last_chunk(cuda_models):
+    """Prompt tokens, batch-invariant cross lengths and max_batch's smaller last chunk under graphs."""
+    bf16, _ = cuda_models
+    prompt = torch.randint(0, 512, (3, 4, 20), generator=torch.Generator().manual_seed(0)).cuda()
+    kw = {"decoding_steps": [4, 2, 2, 2], "seed": 5, "prompt": prompt, "batch_invariant": True, "max_batch": 2}
+    texts = ["calm piano", None, "fast techno with drums"]
+    want = bf16.generate_tokens(texts, **kw)
+    bf16.set_cuda_graphs(True)
+    try:
+        got = [bf16.generate_tokens(texts, **kw) for _ in range(2)]          # record, then replay
+        assert len(bf16._decoders) == 2                                      # chunks of 2 and 1
+    finally:
+        bf16.set_cuda_graphs(False)
+        bf16.clear_cuda_graphs()
+    assert all(torch.equal(g, want) for g in got)
+    assert torch.equal(want[..., :20], prompt)
