@@ -186,13 +186,17 @@ def test_out_of_memory_splits_automatically(model10, monkeypatch):
     g = torch.Generator().manual_seed(3)           # audiocraft mode: one stream runs on through the chunks
     want_chunks = torch.cat([model10.generate_tokens(texts[i:i + 2], generator=g, **SHORT) for i in (0, 2, 4)])
     sizes = _oom_above(model10, monkeypatch, 2)
-    with pytest.warns(BatchSplitWarning, match="out of cpu memory with a batch of 5; decoding in chunks of 3"):
+    with pytest.warns(BatchSplitWarning) as record:
         got = model10.generate_tokens(texts, seed=3, batch_invariant=True, **SHORT)
+    assert [str(w.message) for w in record] == [
+        f"out of cpu memory with a batch of {a}; decoding in chunks of {b} instead. Pass max_batch= to choose."
+        for a, b in ((5, 3), (3, 2))]
     assert torch.equal(got, want_invariant)                     # order kept, rows unchanged
     assert sizes == [5, 3, 2, 2, 1]                             # 5 -> 3 (fails) -> 2, 2, 1
     sizes.clear()
-    with pytest.warns(BatchSplitWarning, match="audiocraft mode"):
+    with pytest.warns(BatchSplitWarning, match="audiocraft mode") as record:
         got = model10.generate_tokens(texts, seed=3, **SHORT)   # restarted from the seed: reproducible
+    assert len(record) == 2
     assert torch.equal(got, want_chunks)
 
 
