@@ -38,21 +38,18 @@ def _kind(rows: list[dict]) -> str | None:
     return None
 
 
-BASE = ROOT                  # links are relative to the README's folder (set by main)
-
-
-def _stamp(folder: Path, meta: dict) -> str:
-    rel = Path(os.path.relpath(folder, BASE)).as_posix()
+def _stamp(folder: Path, meta: dict, base: Path) -> str:
+    rel = Path(os.path.relpath(folder, base)).as_posix()          # links relative to the README's folder
     return (f"{meta['device_name']}, torch {meta['torch']}, commit `{meta['git_commit'][:7]}`"
             f"{' (dirty)' if meta.get('git_dirty') else ''}, {meta['date'][:10]} "
             f"([results]({rel}/results.md))")
 
 
-def _e2e(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
+def _e2e(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
     names = [k[:-2] for k in rows[0] if k.endswith("_s") and k != "all_s" and not k.endswith("per_s")]
     geo = meta["geometry"]
     gates = ", ".join(f"{k} {v}" for k, v in meta["gates"].items())
-    out = [f"**End to end, text → tokens, vs audiocraft 1.3.0 in the same process** — {_stamp(folder, meta)}. "
+    out = [f"**End to end, text → tokens, vs audiocraft 1.3.0 in the same process** — {_stamp(folder, meta, base)}. "
            f"Random weights in the released format, dim {geo['dim']}, {geo['heads']} heads, {geo['layers']} layers, "
            f"card {geo['card']}, {geo['frames']} frames, steps {','.join(map(str, meta['steps']))}, "
            f"magnet_fast {meta.get('dtype', 'float32')}, median of {meta['repeats']} round-robin runs; "
@@ -67,8 +64,8 @@ def _e2e(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
     return out
 
 
-def _runtime(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
-    out = [f"**Runtime, {meta['geometry']} geometry, {meta['duration']} s, {meta['dtype']}** — {_stamp(folder, meta)}. "
+def _runtime(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
+    out = [f"**Runtime, {meta['geometry']} geometry, {meta['duration']} s, {meta['dtype']}** — {_stamp(folder, meta, base)}. "
            f"Steps {','.join(map(str, meta['steps']))}; floor = LM FLOPs at {meta['peak_tflops']:g} TFLOP/s.", "",
            "| variant | B | text → tokens | samples/s | share of floor | text → WAV |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -80,8 +77,8 @@ def _runtime(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
     return out
 
 
-def _kernels(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
-    out = [f"**Kernel microbenchmarks** — {_stamp(folder, meta)}; median ms, speedup vs the first provider "
+def _kernels(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
+    out = [f"**Kernel microbenchmarks** — {_stamp(folder, meta, base)}; median ms, speedup vs the first provider "
            "(the reference), only where the parity gate passed."]
     for op in dict.fromkeys(r["op"] for r in rows):
         mine = [r for r in rows if r["op"] == op]
@@ -101,12 +98,12 @@ def _kernels(folder: Path, meta: dict, rows: list[dict]) -> list[str]:
     return out
 
 
-def render(results: Path) -> str:
+def render(results: Path, base: Path) -> str:
     lines = [BEGIN]
     for kind, fn in (("e2e", _e2e), ("runtime", _runtime), ("kernels", _kernels)):
         for folder, meta, rows in _load(results):
             if _kind(rows) == kind:
-                lines += ["", *fn(folder, meta, rows)]
+                lines += ["", *fn(folder, meta, rows, base)]
     return "\n".join([*lines, "", END])
 
 
@@ -116,14 +113,12 @@ def main() -> None:
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
-    global BASE
-    BASE = args.readme.resolve().parent
     text = args.readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{args.readme}: no '{BEGIN}' ... '{END}' block to fill")
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    new = head + render(args.results) + tail
+    new = head + render(args.results, args.readme.resolve().parent) + tail
     if args.check:
         if new != text:
             print(f"{args.readme} is stale: run python bench/report.py", file=sys.stderr)

@@ -81,6 +81,12 @@ def _fill_noise(buf: torch.Tensor, generator) -> torch.Tensor:
     return buf.exponential_(1, generator=generator)
 
 
+def _write_row(seq: torch.Tensor, stage: int, row: torch.Tensor) -> None:
+    """The stage's tokens into both halves of the CFG batch seq [2B, n_q, T], in place."""
+    seq[: row.shape[0], stage] = row
+    seq[row.shape[0]:, stage] = row
+
+
 def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torch.Tensor, kv: list,
                 noise: torch.Tensor | None, prompt: torch.Tensor | None, *, stage: int, num_masked: int,
                 cfg_coef: float, temperature: float, params: Params, backend: str = "exact",
@@ -106,16 +112,13 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
     if span > 1 and params.span_arrangement == "stride1":
         masked = S.select_stride1(scores, num_masked, span)
     else:
-        top = scores.topk(num_masked, dim=-1).indices                     # S.select_spans, keeping indices
-        masked_units = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True)
-        masked = masked_units
-        if chunked:        # each chosen span masks span_len tokens (expand: no repeat_interleave sizing)
-            masked = masked_units.unsqueeze(-1).expand(*masked_units.shape, span).reshape(batch, -1)
+        top = S.top_spans(scores, num_masked)                   # the indices also serve the gather below
+        masked_units = S.spans_mask(scores, top)
+        masked = S.spans_to_tokens(masked_units, span) if chunked else masked_units
     row = row.masked_fill(masked, mask_id)
     if prompt is not None:
         row[:, : prompt.shape[-1]] = prompt[:, stage]
-    seq[:batch, stage] = row
-    seq[batch:, stage] = row
+    _write_row(seq, stage, row)
     # the null half's cross-attention is exactly zero; "exact" still computes it (audiocraft's matmul
     # shapes, for bitwise parity), every other backend skips it
     null_from = None if backend == "exact" else batch
@@ -140,8 +143,7 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
         row, scored, scores = sample_step_op(
             cond, uncond, row, noise, unit_mask, coef=cfg_coef, temperature=temperature,
             span_len=span if chunked else 1, scoring=params.span_scoring if chunked else "prod", **scalars)
-        seq[:batch, stage] = row
-        seq[batch:, stage] = row
+        _write_row(seq, stage, row)
         return row, scores, ~torch.isfinite(scored).all()
     guided = S.cfg_logits(cond, uncond, cfg_coef)
     probs = S.step_probs(guided, temperature)
@@ -154,8 +156,7 @@ def decode_step(lm: MagnetLM, seq: torch.Tensor, row: torch.Tensor, scores: torc
         scored = torch.ones(row.shape, dtype=scored.dtype, device=scored.device).scatter(1, positions, scored)
     was_masked = row == mask_id
     row = torch.where(was_masked, tokens, row)
-    seq[:batch, stage] = row
-    seq[batch:, stage] = row
+    _write_row(seq, stage, row)
     if chunked:
         scores = S.span_scores(scored, span, params.span_scoring, masked_units)
     else:
@@ -175,14 +176,14 @@ class Decoder:
 
     graphs: None runs each step eagerly. "cuda" records each (stage, step) as a CUDA graph the first
     time it runs (after running it eagerly, which also warms caches, cuBLAS and Triton) and replays it
-    on every later generation with the same key (``Decoder.key``); all graphs share one memory pool.
+    on every later generation with the same key (``Decoder.make_key``); all graphs share one memory pool.
     "fx" is the same protocol on any device with ``make_fx`` traces standing in for the graphs (the
     recorded aten ops replayed on the same buffers): it lets CPU tests check that nothing a graph would
     freeze depends on the call. Noise is drawn eagerly before each replay, from the caller's
     generator(s), so the RNG advances on every replay exactly as in eager decoding.
     """
 
-    def __init__(self, lm: MagnetLM, batch: int, frames: int, text_len: int, params: Params, *,
+    def __init__(self, lm: MagnetLM, batch: int, frames: int, params: Params, *,
                  n_prompt: int = 0, backend: str = "exact", cross_lengths: tuple[int, ...] | None = None,
                  sampler: str = "torch", graphs: str | None = None):
         if graphs not in GRAPH_MODES:
@@ -191,14 +192,12 @@ class Decoder:
         device = lm.emb[0].weight.device
         if graphs == "cuda" and device.type != "cuda":
             raise ParameterError(f"CUDA graphs need a CUDA device; the model is on {device}")
-        self.key = Decoder.make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths,
-                                    sampler, graphs)
         self.batch, self.backend, self.sampler, self.graphs = batch, backend, sampler, graphs
-        self.cross_lengths, self.n_prompt, self.device = cross_lengths, n_prompt, device
+        self.cross_lengths, self.n_prompt = cross_lengths, n_prompt
         span = cfg.span_len
         self.chunked = span > 1 and params.span_arrangement == "nonoverlap"
         self.unit = span if self.chunked else 1               # scores live on spans or on tokens
-        self.frames = t = output_frames(frames, span, params.span_arrangement)
+        t = output_frames(frames, span, params.span_arrangement)
         mask_id = lm.mask_id
         self.seq = torch.full((2 * batch, cfg.n_q, t), mask_id, dtype=torch.long, device=device)
         self.row = torch.full((batch, t), mask_id, dtype=torch.long, device=device)
@@ -298,9 +297,10 @@ class Decoder:
             self._graphs[(stage, i)] = graph.replay
         elif self.graphs == "fx":
             from torch.fx.experimental.proxy_tensor import make_fx
-            state = [t.clone() for t in (self.seq, self.row, self.scores, self.flag)]
+            written = (self.seq, self.row, self.scores, self.flag)        # what _body writes
+            state = [t.clone() for t in written]
             traced = make_fx(lambda: self._body(stage, i, prefix))()   # tracing runs the ops: undo them
-            for buf, saved in zip((self.seq, self.row, self.scores, self.flag), state, strict=True):
+            for buf, saved in zip(written, state, strict=True):
                 buf.copy_(saved)
             self._graphs[(stage, i)] = traced
 
@@ -325,7 +325,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: Params, *,
     key = Decoder.make_key(lm, batch, frames, text_len, params, n_prompt, backend, cross_lengths, sampler, graphs)
     decoder = None if cache is None else cache.get(key)
     if decoder is None:
-        decoder = Decoder(lm, batch, frames, text_len, params, n_prompt=n_prompt, backend=backend,
+        decoder = Decoder(lm, batch, frames, params, n_prompt=n_prompt, backend=backend,
                           cross_lengths=cross_lengths, sampler=sampler, graphs=graphs)
         if cache is not None:
             cache[key] = decoder

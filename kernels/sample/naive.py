@@ -99,10 +99,25 @@ def span_scores(sampled_probs: torch.Tensor, span_len: int, scoring: str,
     return scores.masked_fill(~masked_chunks, DONT_REMASK)
 
 
+def top_spans(scores: torch.Tensor, num_masked: int) -> torch.Tensor:
+    """Indices [B, num_masked] of the highest-scoring chunks of each row (torch.topk ties)."""
+    return scores.topk(num_masked, dim=-1).indices
+
+
+def spans_mask(scores: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, n_chunks] (scores' shape), True at the chunk indices ``top``."""
+    return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True)
+
+
 def select_spans(scores: torch.Tensor, num_masked: int) -> torch.Tensor:
     """Boolean [B, n_chunks]: the ``num_masked`` highest-scoring chunks of each row (torch.topk ties)."""
-    top = scores.topk(num_masked, dim=-1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top, True)
+    return spans_mask(scores, top_spans(scores, num_masked))
+
+
+def spans_to_tokens(chunks: torch.Tensor, span_len: int) -> torch.Tensor:
+    """[B, n_chunks] chunk mask -> [B, n_chunks * span_len] token mask (expand + reshape: unlike
+    repeat_interleave, nothing about the output size is computed at run time)."""
+    return chunks.unsqueeze(-1).expand(*chunks.shape, span_len).reshape(*chunks.shape[:-1], -1)
 
 
 def token_scores(sampled_probs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

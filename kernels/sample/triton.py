@@ -212,7 +212,7 @@ def sample_step_op(cond, uncond, tokens, noise, masked, *, coef, temperature, to
 
 def next_mask_nonoverlap(scores: torch.Tensor, num_masked: int, span_len: int) -> torch.Tensor:
     """Token mask [B, G * span_len] of the ``num_masked`` highest-scoring chunks (torch.topk ties)."""
-    return naive.select_spans(scores, num_masked).repeat_interleave(span_len, dim=-1)
+    return naive.spans_to_tokens(naive.select_spans(scores, num_masked), span_len)
 
 
 def next_mask_stride1(scores: torch.Tensor, num_masked: int, span_len: int) -> torch.Tensor:

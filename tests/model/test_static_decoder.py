@@ -139,9 +139,9 @@ def test_graph_options_are_checked(model10):
     with pytest.raises(ParameterError, match="True or False"):
         model10.set_cuda_graphs("yes")
     with pytest.raises(ParameterError, match="CUDA graphs need a CUDA device"):
-        Decoder(model10.lm, 1, 500, 4, params, graphs="cuda")
+        Decoder(model10.lm, 1, 500, params, graphs="cuda")
     with pytest.raises(ParameterError, match="graphs must be one of"):
-        Decoder(model10.lm, 1, 500, 4, params, graphs="torch")
+        Decoder(model10.lm, 1, 500, params, graphs="torch")
     assert model10.cuda_graphs is False
 
 
