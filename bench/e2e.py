@@ -170,6 +170,36 @@ def main() -> None:
                 dtype=str(ours.dtype).removeprefix("torch."),
                 audiocraft="1.3.0 (MagnetLMModel.generate; xformers stand-in: " +
                            ("SDPA with the float band bias, fp16 autocast)" if cuda else "plain-matmul reference)"))
+    out = args.out or ROOT / "bench" / "results" / f"e2e-{args.device}-{meta['date'][:10]}"
+
+    def write_out(final: bool) -> None:       # after every batch: a run killed at its time limit keeps rows
+        meta["loadavg_at_end"] = os.getloadavg()
+        ours_names = [n for n in providers if n != "audiocraft"]
+        gate_text = "; ".join(f"{k}: " + ("identical tokens to audiocraft" if k not in errs else
+                                          f"logits rel. err {errs[k]:.1e} vs fp32 exact") + f" (**{meta['gates'][k]}**)"
+                              for k in gates)
+        lines = [f"# End to end, text -> tokens: {meta['device_name']}", "",
+                 f"torch {meta['torch']}, commit `{meta['git_commit'][:12]}`, {meta['date']}, load average "
+                 f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
+                 f"Geometry dim {args.dim}, {args.heads} heads, {args.layers} layers, card 2048, {frames} frames, "
+                 f"steps {steps}, CFG batch 2B; random weights in the released format; magnet_fast {meta['dtype']}; "
+                 f"audiocraft {meta['audiocraft']}. Gates: {gate_text}. Median of {args.repeats} round-robin runs, "
+                 "T5 conditioning included.", "",
+                 "| B | " + " | ".join(f"{n} (s)" + ("" if n == "audiocraft" else f" | {n} speedup")
+                                      for n in providers) + " |",
+                 "|---|" + "---|" * (len(providers) + len(ours_names))]
+
+        def sp(x):
+            return f"{x:.2f}x" if x else "n/a"
+        for r in rows:
+            cells = []
+            for n in providers:
+                cells.append(f"{r[f'{n}_s']:.3f}")
+                if n != "audiocraft":
+                    cells.append(sp(r.get(f"{n}_speedup")))
+            lines.append(f"| {r['batch']} | " + " | ".join(cells) + " |")
+        save_results(out, meta, rows, lines, plots=final)
+
     rows = []
     for batch in args.batches:
         texts = (TEXTS * batch)[:batch]
@@ -198,33 +228,8 @@ def main() -> None:
                                           if k in med),
               flush=True)
         ours.clear_cuda_graphs()                            # free this batch size's recordings
-    meta["loadavg_at_end"] = os.getloadavg()
-    out = args.out or ROOT / "bench" / "results" / f"e2e-{args.device}-{meta['date'][:10]}"
-    ours_names = [n for n in providers if n != "audiocraft"]
-    gate_text = "; ".join(f"{k}: " + ("identical tokens to audiocraft" if k not in errs else
-                                      f"logits rel. err {errs[k]:.1e} vs fp32 exact") + f" (**{meta['gates'][k]}**)"
-                          for k in gates)
-    lines = [f"# End to end, text -> tokens: {meta['device_name']}", "",
-             f"torch {meta['torch']}, commit `{meta['git_commit'][:12]}`, {meta['date']}, load average "
-             f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
-             f"Geometry dim {args.dim}, {args.heads} heads, {args.layers} layers, card 2048, {frames} frames, "
-             f"steps {steps}, CFG batch 2B; random weights in the released format; magnet_fast {meta['dtype']}; "
-             f"audiocraft {meta['audiocraft']}. Gates: {gate_text}. Median of {args.repeats} round-robin runs, "
-             "T5 conditioning included.", "",
-             "| B | " + " | ".join(f"{n} (s)" + ("" if n == "audiocraft" else f" | {n} speedup")
-                                  for n in providers) + " |",
-             "|---|" + "---|" * (len(providers) + len(ours_names))]
-
-    def sp(x):
-        return f"{x:.2f}x" if x else "n/a"
-    for r in rows:
-        cells = []
-        for n in providers:
-            cells.append(f"{r[f'{n}_s']:.3f}")
-            if n != "audiocraft":
-                cells.append(sp(r.get(f"{n}_speedup")))
-        lines.append(f"| {r['batch']} | " + " | ".join(cells) + " |")
-    save_results(out, meta, rows, lines)
+        write_out(final=False)
+    write_out(final=True)
     print(f"wrote {out}")
     if not all(gates.values()):
         raise SystemExit("a parity gate failed: no speedup is claimed for it")

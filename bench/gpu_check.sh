@@ -1,81 +1,156 @@
 #!/usr/bin/env bash
-# GPU verification, everything under OUTDIR, in stages (in order of priority for a short GPU lease):
-#   tests            the `gpu` test tier (kernels, bf16 runtime, CUDA-graph replay == eager, token statistics)
-#   kernels          bench/run.py for $KERNEL_DTYPES (default "bf16 fp16 fp32")
-#   runtime-small10  bench/runtime.py, magnet-small geometry, 10 s, B 1 4 16 64 (eager/graphs/triton/fused)
-#   e2e              bench/e2e.py --device cuda vs audiocraft 1.3.0, small geometry, B 1 4 16
-#   runtime-small30  30 s (1500 frames), B 1 4 16
-#   runtime-medium10 magnet-medium geometry, B 1 4 16
-#   ("runtime" = the three runtime stages; default: all stages)
+# GPU verification in stages, everything under OUTDIR, sized for a 15-minute device lease WITH one retry.
 #
 #   bash bench/gpu_check.sh OUTDIR [STAGE...]
 #
-# The GPU machine is offline: first run `bash bench/gpu_wheels.sh` HERE and name `.whl` in the device
-# tool's carry; this script installs soundfile, julius, audiocraft & co. from it and installs this repo
-# without dependencies. One device call may run 10 minutes and returns at most 8 files, so set
-# GPU_CHECK_TAR: the OUTDIR is packed into it after every stage and every stage runs under a time limit
-# (STAGE_LIMIT_S, default 420 s), so a call that runs out of time still returns what finished. E.g.
-#   run(command="GPU_CHECK_TAR=$OUT/gc1.tgz timeout 590 bash bench/gpu_check.sh /tmp/gc tests kernels",
-#       carry=[".whl"])
-#   run(command="GPU_CHECK_TAR=$OUT/gc2.tgz timeout 590 bash bench/gpu_check.sh /tmp/gc runtime-small10 e2e",
-#       carry=[".whl"])
-# then unpack into bench/results/ here and regenerate the README tables (python bench/report.py).
+# Stages (in priority order):
+#   tests        the `gpu` test tier, on the GPU test files only (kernels, bf16 runtime at head dim 16 and 64,
+#                CUDA-graph replay == eager, token statistics vs CPU fp32)
+#   kernels      bench/run.py --dtype bf16 at the release shapes (gates, then timings)
+#   runtime      bench/runtime.py: magnet-small geometry, 10 s, B 1 and 16 (sdpa, sdpa+graphs,
+#                triton+graphs, triton+fused+graphs)
+#   e2e          bench/e2e.py --device cuda vs audiocraft 1.3.0, small geometry, B 1
+#   optional (a third call, only with time left): kernels-more (fp16, fp32), runtime-small30,
+#                runtime-medium10, runtime-b64, e2e-more (B 4 16)
+#   quick        (dry run only) = tests kernels runtime e2e at toy sizes on CPU
+# Default: tests kernels runtime e2e.
+#
+# Device plan (15 min of device time in all, machine start ~1-2 min included; the machine stays warm only
+# 30 s after a call, so issue call 2 right after call 1 returns). Before it, HERE: `bash bench/gpu_wheels.sh`.
+#   call 1 (<= 6 min, ~4 expected):
+#     run(command="GPU_CHECK_TAR=$OUT/gc1.tgz timeout 330 bash bench/gpu_check.sh /tmp/gc tests kernels",
+#         carry=[".whl"], timeout_s=360)
+#   call 2 (<= 5 min, ~3 expected):
+#     run(command="GPU_CHECK_TAR=$OUT/gc2.tgz timeout 270 bash bench/gpu_check.sh /tmp/gc runtime e2e",
+#         carry=[".whl"], timeout_s=300)
+#   call 3, optional, only if >= 5 min are left (one retry of a failed call comes first):
+#     run(command="GPU_CHECK_TAR=$OUT/gc3.tgz timeout 240 bash bench/gpu_check.sh /tmp/gc kernels-more runtime-small30",
+#         carry=[".whl"], timeout_s=270)
+# Then, here: unpack each tarball into bench/results/ (bench/unpack_gpu.sh), `python bench/report.py`.
+# Each stage runs under its own time limit (STAGE_LIMIT_S overrides all), and OUTDIR is packed into
+# $GPU_CHECK_TAR (a temp file, then mv) after every stage, so a call killed at its limit still returns
+# what finished; the benchmark scripts also write their results after every case.
+#
+# Dry run on CPU (CI runs it through tests/test_gpu_check_dry.py): the same stages and plumbing at toy
+# sizes: the wheels installed from .whl/ into a target dir for CPython 3.12, the kernels under the Triton
+# interpreter, runtime and e2e at a toy geometry, packing, results JSON, plots, README tables:
+#   GPU_CHECK_DRY=1 bash bench/gpu_check.sh OUTDIR quick
 set -uo pipefail
-OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|runtime-small10|runtime-small30|runtime-medium10|e2e ...]}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|e2e|kernels-more|runtime-small30|runtime-medium10|runtime-b64|e2e-more|quick ...]}"
 shift
-STAGES="${*:-tests kernels runtime-small10 e2e runtime-small30 runtime-medium10}"
-STAGES=" ${STAGES} "
-STAGES="${STAGES// runtime / runtime-small10 runtime-small30 runtime-medium10 }"
-LIMIT="${STAGE_LIMIT_S:-420}"
+DRY="${GPU_CHECK_DRY:-0}"
+STAGES=" ${*:-tests kernels runtime e2e} "
+STAGES="${STAGES// quick / tests kernels runtime e2e }"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT"
-export PYTHONUNBUFFERED=1
-pack() { if [ -n "${GPU_CHECK_TAR:-}" ]; then tar czf "$GPU_CHECK_TAR" -C "$(dirname "$OUT")" "$(basename "$OUT")"; fi; }
-python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-python3 -c "import magnet_fast.kernels" 2>/dev/null || \
-    python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
-{ nvidia-smi || true; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; \
-  git rev-parse HEAD; git status --short | head -20; } > "$OUT/env.txt" 2>&1
-pack
-rc=0
-has() { [[ "$STAGES" == *" $1 "* ]]; }
-# unset TRITON_INTERPRET: conftest only sets it without CUDA, but an inherited value would hide the GPU
-run_stage() {   # name, command...: time-limited, logged, packed
-    local name=$1; shift
-    env -u TRITON_INTERPRET timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name: rc=$?"; rc=1; }
-    tail -2 "$OUT/$name.log"
-    pack
+PY="${PYTHON:-python3}"
+pack() {   # atomic: a kill during tar leaves the previous archive intact
+    if [ -n "${GPU_CHECK_TAR:-}" ]; then
+        tar czf "$GPU_CHECK_TAR.tmp" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv -f "$GPU_CHECK_TAR.tmp" "$GPU_CHECK_TAR"
+    fi
 }
-has tests && run_stage pytest-gpu python3 -m pytest -m gpu tests -p no:cacheprovider -rA --durations=20 \
-    --junitxml "$OUT/pytest-gpu.xml"
-if has kernels; then
-    for dt in ${KERNEL_DTYPES:-bf16 fp16 fp32}; do
-        run_stage "bench-$dt" python3 bench/run.py --dtype "$dt" --out "$OUT/bench-$dt"
-    done
+fail() { echo "gpu_check: $*" | tee -a "$OUT/FAILED.txt"; pack; exit 2; }
+
+if [ "$DRY" = 1 ]; then
+    export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
+    DEVICE=cpu
+else
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || fail "no CUDA device"
+    DEVICE=cuda
 fi
-has runtime-small10 && run_stage runtime-small-10s python3 bench/runtime.py --geometry small --duration 10 \
-    --batches 1 4 16 64 --out "$OUT/runtime-small-10s"
-if has e2e; then
-    if python3 -c "import sys; sys.path.insert(0, 'tests/fixtures'); import ac_stubs; ac_stubs.install(); import audiocraft.models.loaders" 2>/dev/null; then
-        cfgdir=.whl/ac-config; [ -d "$cfgdir" ] || cfgdir=.ac-dl/audiocraft-1.3.0/config
-        run_stage e2e-cuda-small python3 bench/e2e.py --device cuda --config-dir "$cfgdir" --dim 1024 --heads 16 \
-            --layers 24 --steps 20,10,10,10 --batches 1 4 16 --out "$OUT/e2e-cuda-small"
+
+# --- offline install: carried wheels into a target dir, this repo without deps, then verify the imports
+if [ -d .whl ]; then
+    if [ "$DRY" = 1 ]; then    # the device's CPython 3.12: check the set installs there, import the pure ones
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$OUT/site312" \
+            --python-version 3.12 --implementation cp --only-binary=:all: \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            .whl/*.whl > "$OUT/wheels.log" 2>&1 || fail "wheel install failed (see wheels.log)"
+        # the pure-Python ones must import from the target dir itself (not from this machine's packages)
+        PYTHONPATH="$OUT/site312" "$PY" -c "import importlib, sys; bad = [m for m in ('omegaconf', 'num2words', 'docopt') if not importlib.import_module(m).__file__.startswith(sys.argv[1])]; sys.exit(f'not from the wheels: {bad}' if bad else 0)" "$OUT/site312" \
+            >> "$OUT/wheels.log" 2>&1 || fail "a carried wheel is missing or broken (see wheels.log)"
+        for w in soundfile cffi pycparser julius audiocraft; do
+            ls .whl/"$w"-*.whl > /dev/null 2>&1 || fail "no $w wheel in .whl (run bench/gpu_wheels.sh)"
+        done
+        rm -rf "$OUT/site312"
     else
-        echo "e2e skipped: audiocraft not importable (run bench/gpu_wheels.sh here and carry .whl)" | tee "$OUT/e2e-skipped.txt"
-        rc=1
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl > "$OUT/wheels.log" 2>&1 || fail "wheel install failed (see wheels.log)"
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
 fi
-has runtime-small30 && run_stage runtime-small-30s python3 bench/runtime.py --geometry small --duration 30 \
-    --batches 1 4 16 --out "$OUT/runtime-small-30s"
-has runtime-medium10 && run_stage runtime-medium-10s python3 bench/runtime.py --geometry medium --duration 10 \
-    --batches 1 4 16 --out "$OUT/runtime-medium-10s"
-python3 bench/plot.py "$OUT"/*/results.json > "$OUT/plot.log" 2>&1 || echo "plots skipped (matplotlib?)"
+if ! "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.api" 2> /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
+    "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.api" >> "$OUT/install.log" 2>&1 \
+        || { tail -20 "$OUT/install.log"; fail "magnet_fast does not import after installing (see install.log)"; }
+fi
+{ nvidia-smi 2>/dev/null || echo "no nvidia-smi (dry run: $DRY)"
+  "$PY" -c "import sys, torch, triton, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  git rev-parse HEAD; git status --short | head -20; date -u; } > "$OUT/env.txt" 2>&1
 pack
-echo "gpu_check rc=$rc, stages:$STAGES results in $OUT"
+
+rc=0
+has() { [[ "$STAGES" == *" $1 "* ]]; }
+run_stage() {   # name, limit_s, command...: time-limited, logged, packed
+    local name=$1 limit=${STAGE_LIMIT_S:-$2}; shift 2
+    local t0=$SECONDS
+    if [ "$DRY" = 1 ]; then
+        timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    else   # conftest sets TRITON_INTERPRET only without CUDA; an inherited value would hide the GPU
+        env -u TRITON_INTERPRET timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    fi
+    local code=$?
+    [ "$code" = 0 ] || { rc=1; echo "$name: rc=$code$([ "$code" = 124 ] && echo " (time limit ${limit}s)")" | tee -a "$OUT/FAILED.txt"; }
+    echo "$name: $((SECONDS - t0)) s"; tail -2 "$OUT/$name.log"
+    pack
+}
+GPU_TESTS="tests/test_kernel_banded_attn.py tests/test_kernel_sample.py tests/model/test_gpu_runtime.py"
+if [ "$DRY" = 1 ]; then   # collection of the GPU files (all skip) + the D=16 and fused-sampler interpreter tests
+    has tests && run_stage pytest-gpu 300 "$PY" -m pytest $GPU_TESTS -p no:cacheprovider -q -rA \
+        -k "gpu or D16 or single_inf" --junitxml "$OUT/pytest-gpu.xml"
+    KERNEL_ARGS=(--device cpu --dtype fp32 --tiny)
+    RUNTIME_ARGS=(--device cpu --geometry tiny --batches 1 --steps 2,1,1,1 --repeats 1 --variants exact windowed)
+    E2E_PY=.venv-audiocraft/bin/python
+    E2E_ARGS=(--dim 64 --heads 4 --layers 2 --steps 2,1,1,1 --batches 1 --repeats 1)
+    CFG_DIR=.ac-dl/audiocraft-1.3.0/config
+else
+    has tests && run_stage pytest-gpu 200 "$PY" -m pytest -m gpu $GPU_TESTS -p no:cacheprovider -rA \
+        --durations=15 --junitxml "$OUT/pytest-gpu.xml"
+    KERNEL_ARGS=(--device cuda --dtype bf16)
+    RUNTIME_ARGS=(--device cuda --geometry small --duration 10 --batches 1 16
+                  --variants sdpa sdpa+graphs triton+graphs triton+fused+graphs)
+    E2E_PY="$PY"
+    E2E_ARGS=(--device cuda --dim 1024 --heads 16 --layers 24 --steps 20,10,10,10 --batches 1
+              --providers audiocraft sdpa sdpa+graphs triton+fused+graphs)
+    CFG_DIR=.whl/ac-config; [ -d "$CFG_DIR" ] || CFG_DIR=.ac-dl/audiocraft-1.3.0/config
+fi
+has kernels && run_stage bench-bf16 130 "$PY" bench/run.py "${KERNEL_ARGS[@]}" --out "$OUT/bench-bf16"
+has runtime && run_stage runtime-small-10s 180 "$PY" bench/runtime.py "${RUNTIME_ARGS[@]}" --out "$OUT/runtime-small-10s"
+e2e() {   # name, extra args...
+    local name=$1; shift
+    if "$E2E_PY" -c "import sys; sys.path.insert(0, 'tests/fixtures'); import ac_stubs; ac_stubs.install(); import audiocraft.models.loaders" 2>/dev/null; then
+        run_stage "$name" 150 "$E2E_PY" bench/e2e.py --config-dir "$CFG_DIR" "${E2E_ARGS[@]}" "$@" --out "$OUT/$name"
+    else
+        echo "$name skipped: audiocraft not importable (run bench/gpu_wheels.sh here and carry .whl)" | tee -a "$OUT/FAILED.txt"
+        rc=1
+    fi
+}
+has e2e && e2e e2e-cuda-small
+# optional stages (GPU only)
+has e2e-more && e2e e2e-cuda-small-b4-16 --batches 4 16
+if has kernels-more; then
+    for dt in fp16 fp32; do run_stage "bench-$dt" 120 "$PY" bench/run.py --device cuda --dtype "$dt" --out "$OUT/bench-$dt"; done
+fi
+has runtime-small30 && run_stage runtime-small-30s 200 "$PY" bench/runtime.py --device cuda --geometry small \
+    --duration 30 --batches 1 4 --out "$OUT/runtime-small-30s"
+has runtime-medium10 && run_stage runtime-medium-10s 200 "$PY" bench/runtime.py --device cuda --geometry medium \
+    --duration 10 --batches 1 16 --out "$OUT/runtime-medium-10s"
+has runtime-b64 && run_stage runtime-small-10s-b64 200 "$PY" bench/runtime.py --device cuda --geometry small \
+    --duration 10 --batches 64 --variants sdpa+graphs triton+fused+graphs --out "$OUT/runtime-small-10s-b64"
+"$PY" bench/plot.py "$OUT"/*/results.json > "$OUT/plot.log" 2>&1 || echo "plots skipped (matplotlib?)"
+pack
+echo "gpu_check rc=$rc dry=$DRY stages:$STAGES results in $OUT"
 exit $rc

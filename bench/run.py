@@ -4,8 +4,9 @@
     python bench/run.py --ops banded_attn --shapes T500 --out bench/results/tmp
 
 GPU timings use triton.testing.do_bench (median, p20, p80); CPU timings are time.perf_counter
-medians. Every case is built, gated and warmed up before anything is timed; a provider whose output
-fails the gate against the first (reference) provider is reported as red with no time and no speedup.
+medians. Each shape's providers are built, gated and warmed up before that shape is timed (results are written
+after every shape, so a run killed at its time limit keeps what finished); a provider whose output fails
+the gate against the first (reference) provider is reported as red with no time and no speedup.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from registry import REGISTRY
+from registry import REGISTRY, TINY, TINY_PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -56,6 +57,11 @@ def stamp(device: str) -> dict:
 _FLEX = None
 
 
+def interpreting() -> bool:
+    """Triton kernels run on CPU under TRITON_INTERPRET=1 (the dry run's tiny shapes only)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def attn_case(dims: dict, dtype, device):
     """-> (inputs, {provider: fn}, gate(out, ref) -> (ok, err))."""
     from magnet_fast.kernels.banded_attn import naive
@@ -81,7 +87,7 @@ def attn_case(dims: dict, dtype, device):
         fns["flex"] = lambda: _FLEX(q, k, v, block_mask=block_mask)
     except ImportError:
         pass
-    if device == "cuda":
+    if device == "cuda" or interpreting():
         from magnet_fast.kernels.banded_attn import triton as bt
         fns["triton"] = lambda: bt.banded_attn_fwd(q, k, v, window)
 
@@ -102,7 +108,7 @@ def sample_case(dims: dict, dtype, device):
     dev = [torch.tensor(x, device=device) for x in py]
     fns = {"torch_ops": lambda: st.sample_step_ref(cond, uncond, tokens, noise, masked, *py, 3, "max",
                                                    pairing="vocab")}
-    if device == "cuda":
+    if device == "cuda" or interpreting():
         fns["fused"] = lambda: st.sample_step_fwd(cond, uncond, tokens, noise, masked, *dev, 3, "max")
 
     def gate(out, ref):
@@ -115,7 +121,7 @@ def sample_case(dims: dict, dtype, device):
 CASES = {"banded_attn": attn_case, "sample_step": sample_case}
 
 
-def time_providers(fns: dict, device: str, budget_s: float = 1.5) -> dict:
+def time_providers(fns: dict, device: str, budget_s: float = 1.5, min_rounds: int = 7) -> dict:
     """{provider: (median, p20, p80) ms}. On CPU the providers are timed round-robin (one call each per
     round), so load from other processes on the machine hits all of them alike."""
     if device == "cuda":
@@ -126,7 +132,7 @@ def time_providers(fns: dict, device: str, budget_s: float = 1.5) -> dict:
         fn()
     once = time.perf_counter() - t0
     times = {p: [] for p in fns}
-    for _ in range(max(7, min(50, int(budget_s / max(once, 1e-6))))):
+    for _ in range(max(min_rounds, min(50, int(budget_s / max(once, 1e-6))))):
         for p, fn in fns.items():
             t0 = time.perf_counter()
             fn()
@@ -138,20 +144,23 @@ def time_providers(fns: dict, device: str, budget_s: float = 1.5) -> dict:
     return out
 
 
-def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
+def run(ops, shape_filter, dtype, device, cpu_all: bool, on_rows=None, tiny: bool = False) -> list[dict]:
+    """Gate then time every (op, shape, provider); ``on_rows(rows)`` after each shape's timings."""
     torch._dynamo.config.recompile_limit = 256
     plan = []
     for op in ops:
         cfg = REGISTRY[op]
         providers = cfg.providers if device == "cuda" else cfg.cpu_providers
-        for shape in cfg.shapes:
-            if device != "cuda" and not (shape.cpu or cpu_all):
+        if tiny:
+            providers = TINY_PROVIDERS[op]
+        for shape in (TINY[op] if tiny else cfg.shapes):
+            if device != "cuda" and not (shape.cpu or cpu_all or tiny):
                 continue
             if shape_filter and shape_filter not in shape.name:
                 continue
             plan.append((op, shape, providers))
     rows, gates = [], {}
-    for op, shape, providers in plan:                       # phase 1: gate + warm-up (compiles) everything
+    for op, shape, providers in plan:       # per shape: gate + warm-up (compiles) every provider, then time
         torch.manual_seed(0)
         fns, gate = CASES[op](shape.dims, dtype, device)
         ref = fns[providers[0]]()
@@ -165,12 +174,9 @@ def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
             except Exception as e:                          # a provider that cannot run is reported, not fatal
                 gates[(op, shape.name, p)] = (f"error: {type(e).__name__}: {str(e)[:120]}", None)
             print(f"gate {op:12s} {shape.name:28s} {p:10s} {gates[(op, shape.name, p)]}", flush=True)
-        del fns, ref
-    for op, shape, providers in plan:                       # phase 2: timing
-        torch.manual_seed(0)
-        fns, _ = CASES[op](shape.dims, dtype, device)
+        del ref
         ok = [p for p in providers if gates[(op, shape.name, p)][0] == "pass"]
-        timed = time_providers({p: fns[p] for p in ok}, device)
+        timed = time_providers({p: fns[p] for p in ok}, device, min_rounds=3 if tiny else 7)
         base = timed.get(providers[0], (None,))[0]
         for p in providers:
             status, err = gates[(op, shape.name, p)]
@@ -183,6 +189,8 @@ def run(ops, shape_filter, dtype, device, cpu_all: bool) -> list[dict]:
             print(f"time {op:12s} {shape.name:28s} {p:10s} {row['ms']}", flush=True)
             rows.append(row)
         del fns
+        if on_rows:
+            on_rows(rows)
     return rows
 
 
@@ -227,11 +235,20 @@ def fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
 
-def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str]) -> None:
-    """results.json + results.md in ``out`` (every benchmark script), and plots when matplotlib is there."""
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str], plots: bool = True) -> None:
+    """results.json + results.md in ``out`` (every benchmark script; called after each case, so a run
+    killed at its time limit keeps what finished), and plots (when ``plots`` and matplotlib is there)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / "results.md").write_text("\n".join(md_lines) + "\n")
+    _write_atomic(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    _write_atomic(out / "results.md", "\n".join(md_lines) + "\n")
+    if not plots:
+        return
     try:
         import plot
     except ImportError:                     # matplotlib is optional, not a dependency
@@ -239,7 +256,7 @@ def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str]) -
     plot.plot(out / "results.json")
 
 
-def write(rows: list[dict], meta: dict, out: Path):
+def write(rows: list[dict], meta: dict, out: Path, plots: bool = True):
     lines = [f"# Kernel benchmarks: {meta['device_name']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`"
              f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}, load average "
@@ -253,7 +270,7 @@ def write(rows: list[dict], meta: dict, out: Path):
                          f"{fmt(r['ms_p20'], '.3f')}–{fmt(r['ms_p80'], '.3f')} | {fmt(r['speedup_vs_ref'], '.2f')} | "
                          f"{r['gate']} | {fmt(r['max_abs_err'], '.1e')} |")
         lines.append("")
-    save_results(out, meta, rows, lines)
+    save_results(out, meta, rows, lines, plots=plots)
 
 
 def main():
@@ -263,6 +280,8 @@ def main():
     ap.add_argument("--dtype", choices=list(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cpu-all", action="store_true", help="all shapes on CPU, not the reduced set")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny odd shapes, Triton under the interpreter on CPU (gpu_check.sh dry run)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's")
     ap.add_argument("--out", type=Path, help="default: bench/results/<device>-<date>")
     args = ap.parse_args()
@@ -274,7 +293,8 @@ def main():
     tag = meta["device_name"].split("(")[0].strip().lower().replace(" ", "-")[:40] if args.device == "cuda" \
         else "cpu"
     out = args.out or ROOT / "bench" / "results" / f"{tag}-{meta['date'][:10]}"
-    rows = run(args.ops, args.shapes, dtype, args.device, args.cpu_all)
+    rows = run(args.ops, args.shapes, dtype, args.device, args.cpu_all, tiny=args.tiny,
+               on_rows=lambda rows: write(rows, {**meta, "loadavg_at_end": None}, out, plots=False))
     meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     write(rows, meta, out)
     print(f"wrote {out}")

@@ -114,6 +114,27 @@ def main() -> None:
         exact = {s: ref.lm(seq, kv_ref, s, "exact").float() for s in (0, 1)}
     tol = 1e-5 if dtype == "float32" else 2e-2
     rows = []
+    out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
+
+    def write_out(final: bool) -> None:       # after every row: a run killed at its time limit keeps rows
+        lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
+                 f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "
+                 f"geometry {args.geometry}, {args.duration} s ({t} frames), {dtype}, steps {steps}; random weights. "
+                 f"Floor = LM FLOPs at {args.peak_tflops:g} TFLOP/s. text->WAV = text->tokens + the codec decode "
+                 f"(transformers EnCodec at the 32 kHz size, random weights, float32).", "",
+                 "| variant | B | gate (rel. err) | text->tokens s | samples/s | TFLOP/s | floor s | floor/actual "
+                 "| codec decode s | text->WAV s |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["gate"] == "PASS":
+                lines.append(f"| {r['variant']} | {r['batch']} | PASS ({r['rel_err']:.1e}) | {r['seconds']:.3f} | "
+                             f"{r['samples_per_s']:.2f} | {r['tflops']:.2f} | {r['floor_s']:.4f} | "
+                             f"{r['fraction_of_floor']:.3f} | {r['decode_s']:.3f} | {r['text_to_wav_s']:.3f} |")
+            else:
+                agree = "" if r["greedy_token_agreement"] is None else f", tokens {r['greedy_token_agreement']:.3f}"
+                lines.append(f"| {r['variant']} | {r['batch']} | FAIL ({r['rel_err']:.1e}{agree}) | | | | | | | |")
+        save_results(out, meta, rows, lines, plots=final)
+
     for variant in variants:
         backend, flags = parse_variant(variant)
         with torch.inference_mode():
@@ -157,26 +178,10 @@ def main() -> None:
                 row["fraction_of_floor"] = row["floor_s"] / sec
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "all_s"}), flush=True)
+            write_out(final=False)
         model.set_cuda_graphs(False)
         model.clear_cuda_graphs()                        # frees the recordings before the next variant
-    out = args.out or ROOT / "bench" / "results" / f"runtime-{args.device}-{meta['date'][:10]}"
-    lines = [f"# Runtime, text -> tokens: {meta['device_name']}", "",
-             f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`, {meta['date']}; "
-             f"geometry {args.geometry}, {args.duration} s ({t} frames), {dtype}, steps {steps}; random weights. "
-             f"Floor = LM FLOPs at {args.peak_tflops:g} TFLOP/s. text->WAV = text->tokens + the codec decode "
-             f"(transformers EnCodec at the 32 kHz size, random weights, float32).", "",
-             "| variant | B | gate (rel. err) | text->tokens s | samples/s | TFLOP/s | floor s | floor/actual "
-             "| codec decode s | text->WAV s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["gate"] == "PASS":
-            lines.append(f"| {r['variant']} | {r['batch']} | PASS ({r['rel_err']:.1e}) | {r['seconds']:.3f} | "
-                         f"{r['samples_per_s']:.2f} | {r['tflops']:.2f} | {r['floor_s']:.4f} | "
-                         f"{r['fraction_of_floor']:.3f} | {r['decode_s']:.3f} | {r['text_to_wav_s']:.3f} |")
-        else:
-            agree = "" if r["greedy_token_agreement"] is None else f", tokens {r['greedy_token_agreement']:.3f}"
-            lines.append(f"| {r['variant']} | {r['batch']} | FAIL ({r['rel_err']:.1e}{agree}) | | | | | | | |")
-    save_results(out, meta, rows, lines)
+    write_out(final=True)
     print(f"wrote {out}")
 
 

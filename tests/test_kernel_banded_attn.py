@@ -38,6 +38,7 @@ SHAPES = [  # B, H, T, D, window, BM, BN
     pytest.param(1, 1, 37, 96, 35, 16, 16, id="T37-D96-W35-band-edge"),
     pytest.param(1, 1, 37, 128, 40, 16, 16, id="T37-D128-W40-full"),
     pytest.param(1, 2, 100, 64, None, 64, 64, id="T100-D64-full-64x64"),
+    pytest.param(2, 4, 97, 16, 5, 32, 16, id="T97-D16-W5-32x16"),       # the GPU-tier test model's head dim
 ]
 
 
@@ -133,6 +134,8 @@ GPU_SHAPES = [
     pytest.param(2, 16, 500, 64, None, id="small-T500-full"),
     pytest.param(2, 4, 97, 80, 5, id="odd-T97-D80"),
     pytest.param(1, 2, 1, 128, 5, id="T1-D128"),
+    pytest.param(3, 4, 498, 16, 5, id="tiny-model-T498-D16"),
+    pytest.param(2, 4, 97, 16, None, id="T97-D16-full"),
 ]
 
 

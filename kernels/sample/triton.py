@@ -21,7 +21,8 @@ from magnet_fast.kernels._alloc import empty
 from magnet_fast.kernels.sample import naive
 
 SCORINGS = {"max": 0, "prod": 1}
-ONE_BITS = 0x3F800000                    # bit pattern of 1.0f: probabilities live in [0, ONE_BITS]
+# Compiled Triton reads a module global only when it is a tl.constexpr (the interpreter reads any global).
+ONE_BITS = tl.constexpr(0x3F800000)      # bit pattern of 1.0f: probabilities live in [0, ONE_BITS]
 
 
 @triton.jit(do_not_specialize=["T", "G"])
@@ -34,13 +35,15 @@ def sample_step_kernel(
     BV: tl.constexpr,
     SPAN: tl.constexpr,
     SCORING: tl.constexpr,
+    TEMP_FLOOR: tl.constexpr,
+    FIXED_SCORE: tl.constexpr,
 ):
     i_bg = tl.program_id(0).to(tl.int64)
     i_b, i_g = i_bg // G, i_bg % G
     o_v = tl.arange(0, BV)
     m_v = o_v < V
     coef = tl.load(coef_p).to(tl.float32)
-    temp = tl.maximum(tl.load(temp_p).to(tl.float32), 0.01)
+    temp = tl.maximum(tl.load(temp_p).to(tl.float32), TEMP_FLOOR)
     top_p = tl.load(top_p_p).to(tl.float32)
     top_k = tl.load(top_k_p).to(tl.int32)
     greedy = tl.load(greedy_p) != 0
@@ -101,7 +104,12 @@ def sample_step_kernel(
     else:
         b_score = b_nll
     is_masked = tl.load(masked + i_bg) != 0
-    tl.store(score_out + i_bg, tl.where(is_masked, b_score, -1e4))
+    tl.store(score_out + i_bg, tl.where(is_masked, b_score, FIXED_SCORE))
+
+
+def num_warps_for(bv: int) -> int:
+    """Warps per program for a vocabulary block of ``bv`` lanes (one row of the card per program)."""
+    return 4 if bv <= 1024 else 8
 
 
 def sample_step_fwd(cond, uncond, tokens, noise, masked, coef, temperature, top_p, top_k, greedy,
@@ -136,7 +144,9 @@ def sample_step_fwd(cond, uncond, tokens, noise, masked, coef, temperature, top_
         BV=BV,
         SPAN=span_len,
         SCORING=SCORINGS[scoring],
-        num_warps=4 if BV <= 1024 else 8,
+        TEMP_FLOOR=naive.TEMPERATURE_FLOOR,
+        FIXED_SCORE=naive.DONT_REMASK,
+        num_warps=num_warps_for(BV),
     )
     return tok_out, prob_out, score_out
 

@@ -1,11 +1,14 @@
 """GPU tier for the runtime (marked `gpu`, skipped without CUDA): bf16 generation, backends vs fp32."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import magnet_fast as mf
 
+T5_TINY = Path(__file__).resolve().parents[1] / "fixtures" / "ac_ref" / "t5_tiny"
 pytestmark = pytest.mark.gpu
 
 
@@ -98,3 +101,59 @@ def test_cuda_graphs_with_prompt_invariant_rows_and_a_short_last_chunk(cuda_mode
         bf16.clear_cuda_graphs()
     assert all(torch.equal(g, want) for g in got)
     assert torch.equal(want[..., :20], prompt)
+
+
+@pytest.fixture(scope="module")
+def head_dim_64_models(tmp_path_factory):
+    """A random-weight model at the released head dim (64) and card (2048): dim 256, 4 heads, 2 layers,
+    10 s (500 frames). The fixture checkpoints are head dim 16; the kernels' tiles differ by head dim."""
+    from safetensors.torch import save_file
+
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.model import MagnetLM
+    cfg = MagnetConfig(dim=256, num_heads=4, num_layers=2, card=2048, t5_name="t5-base", t5_dim=768,
+                       segment_duration=10.0)
+    with torch.device("meta"):
+        lm = MagnetLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=g) * (0.05 if v.dim() == 2 else 1.0)).to(torch.float16)
+             for k, v in lm.state_dict().items()}
+    folder = tmp_path_factory.mktemp("d64") / "model"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    cfg.save(folder)
+    return (mf.MagnetFast.from_pretrained(folder, device="cuda", t5=T5_TINY),
+            mf.MagnetFast.from_pretrained(folder, device="cuda", dtype="float32", t5=T5_TINY))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton", "windowed"])
+def test_cuda_head_dim_64_logits_close_to_fp32_exact(head_dim_64_models, backend):
+    bf16, fp32 = head_dim_64_models
+    t = bf16.config.frames - bf16.config.frames % bf16.config.span_len
+    seq = torch.randint(0, 2049, (4, 4, t), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.inference_mode():
+        kv32 = fp32.lm.cross_kv(fp32.condition(["calm piano", "edm"]))
+        kv16 = bf16.lm.cross_kv(bf16.condition(["calm piano", "edm"]))
+        for stage in (0, 1, 3):
+            exact = fp32.lm(seq, kv32, stage, "exact").float()
+            fast = bf16.lm(seq, kv16, stage, backend).float()
+            assert fast.isfinite().all()
+            assert ((fast - exact).norm() / exact.norm()).item() < 2e-2, (backend, stage)
+
+
+def test_cuda_head_dim_64_graphs_triton_fused_equal_eager(head_dim_64_models):
+    bf16, _ = head_dim_64_models
+    steps = {"decoding_steps": [4, 2, 2, 2]}
+    bf16.set_attention("triton")
+    bf16.set_sampler("fused")
+    try:
+        want = bf16.generate_tokens(["calm piano", "edm"], seed=3, **steps)
+        bf16.set_cuda_graphs(True)
+        got = [bf16.generate_tokens(["calm piano", "edm"], seed=3, **steps) for _ in range(2)]
+    finally:
+        bf16.set_cuda_graphs(False)
+        bf16.clear_cuda_graphs()
+        bf16.set_sampler("torch")
+        bf16.set_attention("sdpa")
+    assert want.shape[:2] == (2, 4) and want.shape[2] >= 498 and int(want.max()) < 2048
+    assert all(torch.equal(g, want) for g in got)
