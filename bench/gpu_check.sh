@@ -131,10 +131,11 @@ has kernels && run_stage bench-bf16 130 "$PY" bench/run.py "${KERNEL_ARGS[@]}" -
 has runtime && run_stage runtime-small-10s 180 "$PY" bench/runtime.py "${RUNTIME_ARGS[@]}" --out "$OUT/runtime-small-10s"
 e2e() {   # name, extra args...
     local name=$1; shift
-    if "$E2E_PY" -c "import sys; sys.path.insert(0, 'tests/fixtures'); import ac_stubs; ac_stubs.install(); import audiocraft.models.loaders" 2>/dev/null; then
+    if "$E2E_PY" -c "import sys; sys.path.insert(0, 'tests/fixtures'); import ac_stubs; ac_stubs.install(); import audiocraft.models.loaders" > "$OUT/$name-import.log" 2>&1; then
         run_stage "$name" 150 "$E2E_PY" bench/e2e.py --config-dir "$CFG_DIR" "${E2E_ARGS[@]}" "$@" --out "$OUT/$name"
     else
-        echo "$name skipped: audiocraft not importable (run bench/gpu_wheels.sh here and carry .whl)" | tee -a "$OUT/FAILED.txt"
+        tail -4 "$OUT/$name-import.log"
+        echo "$name skipped: audiocraft not importable (see $name-import.log; run bench/gpu_wheels.sh here and carry .whl)" | tee -a "$OUT/FAILED.txt"
         rc=1
     fi
 }

@@ -111,10 +111,16 @@ def sample_case(dims: dict, dtype, device):
     if device == "cuda" or interpreting():
         fns["fused"] = lambda: st.sample_step_fwd(cond, uncond, tokens, noise, masked, *dev, 3, "max")
 
+    from magnet_fast.kernels.sample import naive
+    tied = torch.zeros(B, T, dtype=torch.bool, device=device)
+    if dims["top_p"] > 0 and not dims["greedy"]:            # exact ties at the top-p boundary: keep sets
+        probs = naive.step_probs(naive.cfg_logits(cond, uncond, 3.0), 2.0)      # may differ by design
+        tied = naive.top_p_boundary_tied(probs, dims["top_p"])
+
     def gate(out, ref):
-        same = out[0] == ref[0]
+        same = (out[0] == ref[0]) & ~tied
         err = (out[1][same] - ref[1][same]).abs().max().item() if same.any() else float("inf")
-        return same.float().mean().item() >= 0.999 and err <= 1e-5, err
+        return same.float().mean().item() >= 0.999 * (1 - tied.float().mean().item()) and err <= 1e-5, err
     return fns, gate
 
 

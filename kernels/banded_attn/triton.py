@@ -84,7 +84,8 @@ def banded_attn_fwd_kernel(
             b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
         else:
             b_s = tl.dot(b_q, tl.trans(b_k))
-        b_s = b_s * qk_scale                                             # [BM, BN], log2 units
+        # .to: torch.compile passes Python floats as fp64 scalars; the row statistics must stay fp32
+        b_s = (b_s * qk_scale).to(tl.float32)                            # [BM, BN], log2 units
         keep = m_n[None, :]
         if BANDED:
             delta = o_m[:, None] - o_n[None, :]

@@ -82,6 +82,22 @@ def sample(probs: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor | None
     return tokens[..., 0], torch.gather(scored, -1, tokens)[..., 0]
 
 
+def top_p_boundary_tied(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Bool [...]: rows whose top-p boundary falls inside a group of exactly equal probabilities.
+
+    ``sample`` keeps the tied tokens that come first in torch.sort's (unspecified) order; the fused Triton
+    sampler keeps every token tied with the smallest kept probability. The two keep sets, and so the
+    sampled tokens, may differ on exactly these rows (common with bf16 logits, which are quantised);
+    elsewhere they are the same set.
+    """
+    p_sort, _ = torch.sort(probs.float(), dim=-1, descending=True)
+    kept = ~((torch.cumsum(p_sort, dim=-1) - p_sort) > top_p)
+    last = kept.sum(dim=-1, keepdim=True) - 1                    # index of the smallest kept probability
+    boundary = torch.gather(p_sort, -1, last)
+    nxt = torch.gather(p_sort, -1, (last + 1).clamp_max(p_sort.shape[-1] - 1))
+    return ((nxt == boundary) & (last + 1 < p_sort.shape[-1]))[..., 0]
+
+
 def span_scores(sampled_probs: torch.Tensor, span_len: int, scoring: str,
                 masked_chunks: torch.Tensor) -> torch.Tensor:
     """'nonoverlap' chunk scores [B, n_chunks] from sampled probs [B, n_chunks * span_len].
