@@ -47,11 +47,26 @@ def stamp(device: str) -> dict:
     except ImportError:
         triton_version = None
     return {"device": device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "git_commit": git("rev-parse", "HEAD"),
+            "cuda": torch.version.cuda, "git_commit": git("rev-parse", "HEAD"), "git_tree": working_tree_hash(),
             "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "bench")),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(),
             "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def working_tree_hash() -> str:
+    """Git tree hash of the working tree as it is (tracked and untracked, not ignored), via a throw-away
+    index. Equal to ``git rev-parse COMMIT^{tree}`` when the tree is that commit's, so a result stays
+    attributable where .git is stale (the device machine's copy stood at an older commit)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        try:
+            subprocess.run(["git", "add", "-A"], cwd=ROOT, env=env, capture_output=True, check=True)
+            return subprocess.run(["git", "write-tree"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
 
 
 _FLEX = None

@@ -174,12 +174,15 @@ def main() -> int:
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stamp = {"target": "sm_90 (GPUTarget('cuda', 90, 32))", "triton": triton.__version__,
-                 "torch": torch.__version__, "python": sys.version.split()[0],
-                 "date": time.strftime("%Y-%m-%d"), "commit": _commit()}
-        (args.out / "results.json").write_text(json.dumps({"stamp": stamp, "rows": rows}, indent=1))
+        meta = {"device": "none (ahead-of-time compile)", "device_name": "sm_90 cubin, GPUTarget('cuda', 90, 32)",
+                "triton": triton.__version__, "torch": torch.__version__, "python": sys.version.split()[0],
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "git_commit": _commit(),
+                "smem_limit_bytes": SMEM_LIMIT}
+        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         (args.out / "results.md").write_text(
-            f"# sm_90 compile check\n\n{json.dumps(stamp)}\n\n{table}\n")
+            f"# sm_90 compile check (registers, spills, shared memory per launchable config)\n\n"
+            f"Triton {meta['triton']}, torch {meta['torch']}, commit `{meta['git_commit'][:12]}`, {meta['date']}. "
+            f"A row fails on a compile error, STACK > 0 (spills) or shared memory > {SMEM_LIMIT} B.\n\n{table}\n")
     bad = [r for r in rows if not r["ok"]]
     print(f"{len(rows) - len(bad)} of {len(rows)} configs compile for sm_90 within limits")
     return 1 if bad else 0
@@ -187,7 +190,7 @@ def main() -> int:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         return "unknown"

@@ -155,7 +155,11 @@ def test_gpu_compile_and_cuda_graph():
     q, k, v = qkv(2, 16, 500, 64, torch.float16, device="cuda")
     fn = torch.compile(lambda q, k, v: banded_attention_op(q, k, v, 5), fullgraph=True)
     ref = bt.banded_attn_fwd(q, k, v, 5)
-    torch.testing.assert_close(fn(q, k, v), ref, atol=0, rtol=0)
+    # Inductor passes the Python-float scale as an fp64 scalar (the kernel casts the scores back to fp32):
+    # measured on an H200 (torch 2.11, Triton 3.6), 182 of 1,024,000 fp16 outputs differed by 1 ulp.
+    out = fn(q, k, v)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=2e-3)
+    assert (out != ref).float().mean().item() < 1e-3
     graph, static = torch.cuda.CUDAGraph(), [x.clone() for x in (q, k, v)]
     bt.banded_attn_fwd(*static, 5)                                           # warm-up / compile
     with torch.cuda.graph(graph):
