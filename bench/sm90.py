@@ -130,12 +130,27 @@ def compile_one(fn, constexprs: dict, options: dict, dtype: str) -> dict:
     return row
 
 
-def check(quick: bool = False) -> list[dict]:
+def extra_attention_config(spec: str):
+    """'dtype,D,band|full,BM,BN,warps,stages' -> one attention config (tiles the runtime does not pick)."""
+    dtype, d, kind, bm, bn, warps, stages = spec.split(",")
+    d, bm, bn, warps, stages = int(d), int(bm), int(bn), int(warps), int(stages)
+    fp32 = dtype == "fp32"
+    const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": bm, "BN": bn, "BANDED": kind == "band",
+             "UPCAST": fp32, "IEEE": fp32}
+    return (f"banded_attn {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
+            {"num_warps": warps, "num_stages": stages}, dtype)
+
+
+def check(quick: bool = False, extra: list[str] = (), only_extra: bool = False) -> list[dict]:
     from magnet_fast.kernels.banded_attn import triton as bt
     from magnet_fast.kernels.sample import triton as st
     rows = []
-    for fn, configs in ((bt.banded_attn_fwd_kernel, attention_configs(quick)),
-                        (st.sample_step_kernel, sampler_configs(quick))):
+    extras = [extra_attention_config(spec) for spec in extra]
+    plan = [(bt.banded_attn_fwd_kernel, extras)]
+    if not only_extra:
+        plan += [(bt.banded_attn_fwd_kernel, attention_configs(quick)),
+                 (st.sample_step_kernel, sampler_configs(quick))]
+    for fn, configs in plan:
         for cid, const, opts, dtype in configs:
             row = {"config": cid, **opts}
             try:
@@ -160,10 +175,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write results.json + results.md here")
     ap.add_argument("--quick", action="store_true", help="fewer head dims and cards")
+    ap.add_argument("--extra-attention", action="append", default=[], metavar="SPEC",
+                    help="also compile 'dtype,D,band|full,BM,BN,warps,stages' (a tile to evaluate)")
+    ap.add_argument("--only-extra", action="store_true", help="compile only the --extra-attention configs")
     args = ap.parse_args()
     import torch
     import triton
-    rows = check(args.quick)
+    rows = check(args.quick, args.extra_attention, args.only_extra)
     lines = ["| config | warps | stages | REG | STACK | SHARED | compile s | ok |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shared = max(r.get("SHARED", 0), r.get("SHARED_LAUNCH", 0))

@@ -19,10 +19,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from magnet_fast.kernels._alloc import empty
-from magnet_fast.kernels.banded_attn import naive
+from magnet_fast.kernels.banded_attn import SUPPORTED_D, naive
 
 LOG2E = 1.4426950408889634
-SUPPORTED_D = (16, 32, 48, 64, 80, 96, 128)
 
 
 def interpreting() -> bool:
