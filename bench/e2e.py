@@ -93,7 +93,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from audiocraft.models import loaders
     from audiocraft.modules.conditioners import ConditioningAttributes
-    from run import apply_variant, parse_variant, recordings, save_results, stamp, token_gate
+    from common import (
+        apply_variant,
+        parse_variant,
+        recordings,
+        save_results,
+        set_decoder_capacity,
+        stamp,
+        sync,
+        token_gate,
+    )
 
     try:
         import magnet_fast as mf
@@ -117,10 +126,6 @@ def main() -> None:
     base = dict(use_sampling=True, temp=3.0, top_k=0, top_p=0.9, max_cfg_coef=10.0, min_cfg_coef=1.0,
                 anneal_temp=True, span_scoring="max", span_arrangement="nonoverlap")
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
     def run_ac(texts, seed, dsteps):
         torch.manual_seed(seed)
         conds = [ConditioningAttributes(text={"description": t}) for t in texts]
@@ -138,7 +143,7 @@ def main() -> None:
         return run
 
     providers = {name: run_ac if name == "audiocraft" else ours_with(name) for name in names}
-    ours.DECODER_CACHE_SIZE = max(4, len(providers))       # round-robin must not evict a recording
+    set_decoder_capacity(ours, max(4, len(providers)))     # round-robin must not evict a recording
     gates, errs, agree = {}, {}, {}
     seq = torch.randint(0, 2048, (4, 4, frames - frames % 3), generator=torch.Generator().manual_seed(0))
     seq = seq.to(args.device)
@@ -209,10 +214,10 @@ def main() -> None:
         times = {name: [] for name in providers}
         for r in range(args.repeats):
             for name, fn in providers.items():
-                sync()
+                sync(args.device)
                 t0 = time.perf_counter()
                 fn(texts, 100 + r, steps)
-                sync()
+                sync(args.device)
                 times[name].append(time.perf_counter() - t0)
         if recordings(ours) != recorded:
             print("warning: steps were recorded during the timed runs; graph timings include recording")

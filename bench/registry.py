@@ -1,7 +1,7 @@
 """Named benchmark shapes for the kernels (MAGNeT's first), and the providers compared on each.
 
 Attention: q, k, v [2B, H, T, D] (the CFG batch: B prompts + B null rows), D = 64, band |q - k| <= 5
-(MAGNET_SPEC §4; stage 0 is full attention). small = 16 heads, medium = 24 heads (dim 1536).
+(docs/DESIGN.md, Model; stage 0 is full attention). small = 16 heads, medium = 24 heads (dim 1536).
 Sampler: cond/uncond logits [B, T, 2048] (the two halves of the [2B, T, card] stage logits).
 """
 from __future__ import annotations

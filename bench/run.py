@@ -1,280 +1,84 @@
-"""Kernel benchmarks: a parity gate per (op, shape, provider), then timings, written as JSON + markdown.
+"""Kernel benchmarks: runs bench/test_kernels.py under pytest-benchmark, writes results.json + results.md.
 
     python bench/run.py                      # CUDA if available, else the reduced CPU set
     python bench/run.py --ops banded_attn --shapes T500 --out bench/results/tmp
+    TRITON_INTERPRET=1 python bench/run.py --device cpu --dtype fp32 --tiny --out DIR   (gpu_check.sh dry run)
 
-GPU timings use triton.testing.do_bench (median, p20, p80); CPU timings are time.perf_counter
-medians. Each shape's providers are built, gated and warmed up before that shape is timed (results are written
-after every shape, so a run killed at its time limit keeps what finished); a provider whose output fails
-the gate against the first (reference) provider is reported as red with no time and no speedup.
+The tests (one per op, shape and provider of bench/registry.py; cases in bench/cases.py) assert each
+provider's parity gate against the op's first (reference) provider before pytest-benchmark times it
+(CUDA: every call ends with torch.cuda.synchronize()). This driver runs them in-process with
+``--benchmark-only --benchmark-json OUT/benchmark.json`` (the raw result: every round's time) and converts
+that JSON into OUT/results.json (rows: op, shape, dims, provider, dtype, gate, max abs error, median ms,
+p20 and p80 ms, speedup vs the reference) and results.md, which bench/report.py and bench/plot.py read.
+results.json is also written after every test from the timings so far, so a run killed at its time limit
+keeps what finished. A provider whose gate failed or that raised is reported with no time and no speedup.
+Arguments this script does not know are passed to pytest (e.g. ``-k triton``).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
-import time
 from pathlib import Path
 
+import pytest
 import torch
-import torch.nn.functional as F
-from registry import REGISTRY, TINY, TINY_PROVIDERS
+from cases import DTYPES
+from common import ROOT, fmt, loadavg, save_results, stamp
+from registry import REGISTRY
 
-ROOT = Path(__file__).resolve().parents[1]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ATTN_ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-def stamp(device: str) -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            return ""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-        name = f"{model[0] if model else platform.processor()} ({torch.get_num_threads()} threads)"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {"device": device, "device_name": name, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "git_commit": git("rev-parse", "HEAD"), "git_tree": working_tree_hash(),
-            "git_dirty": bool(git("status", "--porcelain", "--", "kernels", "bench")),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+BENCH = Path(__file__).resolve().parent
+JSON_NAME = "benchmark.json"
+ROW_KEYS = ("ms", "ms_p20", "ms_p80", "speedup_vs_ref")
+# CUDA: a round lasts at least this long (pytest-benchmark loops a faster call within one round and keeps
+# the round's mean): a 20 us kernel gives ~400 rounds in 0.2 s, not ~10000 (the JSON keeps every one).
+# CPU: pytest-benchmark's default (a round is one call), so a call stalled by other load stays one outlier.
+ROUND_MIN_S = 5e-4
 
 
-def working_tree_hash() -> str:
-    """Git tree hash of the working tree as it is (tracked and untracked, not ignored), via a throw-away
-    index. Equal to ``git rev-parse COMMIT^{tree}`` when the tree is that commit's, so a result stays
-    attributable where .git is stale (the device machine's copy stood at an older commit)."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        try:
-            subprocess.run(["git", "add", "-A"], cwd=ROOT, env=env, capture_output=True, check=True)
-            return subprocess.run(["git", "write-tree"], cwd=ROOT, env=env, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
+def spread_ms(stats: dict) -> tuple[float, float, float, str]:
+    """(median, p20, p80) in ms from pytest-benchmark stats, and where p20/p80 came from: the rounds' raw
+    times ('data', which --benchmark-json keeps), else pytest-benchmark's quartiles q1/q3."""
+    data = stats.get("data") or []
+    if len(data) >= 2:
+        q = statistics.quantiles(data, n=10)
+        return stats["median"] * 1e3, q[1] * 1e3, q[7] * 1e3, "p20/p80 of the rounds' times"
+    if data:
+        return stats["median"] * 1e3, data[0] * 1e3, data[0] * 1e3, "one round (p20 = p80 = its time)"
+    return stats["median"] * 1e3, stats["q1"] * 1e3, stats["q3"] * 1e3, "q1/q3 (no raw timings in the JSON)"
 
 
-_FLEX = None
+def rows_from(records: list[dict], timings: dict) -> tuple[list[dict], set[str]]:
+    """Rows of results.json: one per test that ran (``records``: the tests' ``kernel_case`` properties, in
+    run order), timed from ``timings`` {(op, shape, provider): pytest-benchmark stats} where the gate
+    passed. Also returns where the spreads came from."""
+    rows, sources, ms = [], set(), {}
+    for rec in records:
+        row = {"op": rec["op"], "shape": rec["shape"], **{f"dim_{k}": v for k, v in rec["dims"].items()},
+               "provider": rec["provider"], "dtype": rec["dtype"],
+               "gate": rec["gate"] or "error: see the pytest output", "max_abs_err": rec["max_abs_err"],
+               **dict.fromkeys(ROW_KEYS)}
+        stats = timings.get((rec["op"], rec["shape"], rec["provider"])) if rec["gate"] == "pass" else None
+        if stats:
+            row["ms"], row["ms_p20"], row["ms_p80"], source = spread_ms(stats)
+            sources.add(source)
+            ms[(rec["op"], rec["shape"], rec["provider"])] = row["ms"]
+        rows.append(row)
+    for row, rec in zip(rows, records, strict=True):
+        base = ms.get((rec["op"], rec["shape"], rec["reference"]))
+        if row["ms"] and base:
+            row["speedup_vs_ref"] = base / row["ms"]
+    return rows, sources
 
 
-def interpreting() -> bool:
-    """Triton kernels run on CPU under TRITON_INTERPRET=1 (the dry run's tiny shapes only)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def attn_case(dims: dict, dtype, device):
-    """-> (inputs, {provider: fn}, gate(out, ref) -> (ok, err))."""
-    from magnet_fast.kernels.banded_attn import naive
-    B, H, T, D, window = dims["B"], dims["H"], dims["T"], dims["D"], dims["window"]
-    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
-    bias_mask = None
-    if window is not None:
-        idx = torch.arange(T, device=device)
-        bias_mask = (idx[:, None] - idx[None, :]).abs() <= window                 # True = attend
-    fns = {"naive": lambda: naive.banded_attention(q, k, v, window),
-           "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask)}
-    if window is not None:                  # the runtime's 'windowed' backend (dense query blocks)
-        from magnet_fast.attention import windowed_attention
-        fns["windowed"] = lambda: windowed_attention(q, k, v, window)
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        global _FLEX
-        _FLEX = _FLEX or torch.compile(flex_attention, dynamic=False)
-        block_mask = None
-        if window is not None:
-            block_mask = create_block_mask(lambda b, h, i, j: (i - j).abs() <= window, None, None, T, T,
-                                           device=device)
-        fns["flex"] = lambda: _FLEX(q, k, v, block_mask=block_mask)
-    except ImportError:
-        pass
-    if device == "cuda" or interpreting():
-        from magnet_fast.kernels.banded_attn import triton as bt
-        fns["triton"] = lambda: bt.banded_attn_fwd(q, k, v, window)
-
-    def gate(out, ref):
-        err = (out.float() - ref.float()).abs().max().item()
-        return err <= ATTN_ATOL[dtype] and out.isfinite().all().item(), err
-    return fns, gate
-
-
-def sample_case(dims: dict, dtype, device):
-    from magnet_fast.kernels.sample import triton as st
-    B, T, V = dims["B"], dims["T"], dims["V"]
-    cond, uncond = (torch.randn(B, T, V, device=device).mul(3).to(dtype) for _ in range(2))
-    tokens = torch.full((B, T), V, device=device)
-    noise = torch.empty(B, T, V, device=device).exponential_(1)
-    masked = torch.ones(B, T // 3, dtype=torch.bool, device=device)
-    py = (3.0, 2.0, dims["top_p"], 0, dims["greedy"])
-    dev = [torch.tensor(x, device=device) for x in py]
-    fns = {"torch_ops": lambda: st.sample_step_ref(cond, uncond, tokens, noise, masked, *py, 3, "max",
-                                                   pairing="vocab")}
-    if device == "cuda" or interpreting():
-        fns["fused"] = lambda: st.sample_step_fwd(cond, uncond, tokens, noise, masked, *dev, 3, "max")
-
-    from magnet_fast.kernels.sample import naive
-    tied = torch.zeros(B, T, dtype=torch.bool, device=device)
-    if dims["top_p"] > 0 and not dims["greedy"]:            # exact ties at the top-p boundary: keep sets
-        probs = naive.step_probs(naive.cfg_logits(cond, uncond, 3.0), 2.0)      # may differ by design
-        tied = naive.top_p_boundary_tied(probs, dims["top_p"])
-
-    def gate(out, ref):
-        same = (out[0] == ref[0]) & ~tied
-        err = (out[1][same] - ref[1][same]).abs().max().item() if same.any() else float("inf")
-        return same.float().mean().item() >= 0.999 * (1 - tied.float().mean().item()) and err <= 1e-5, err
-    return fns, gate
-
-
-CASES = {"banded_attn": attn_case, "sample_step": sample_case}
-
-
-def time_providers(fns: dict, device: str, budget_s: float = 1.5, min_rounds: int = 7) -> dict:
-    """{provider: (median, p20, p80) ms}. On CPU the providers are timed round-robin (one call each per
-    round), so load from other processes on the machine hits all of them alike."""
-    if device == "cuda":
-        from triton.testing import do_bench
-        return {p: tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8])) for p, fn in fns.items()}
-    t0 = time.perf_counter()
-    for fn in fns.values():
-        fn()
-    once = time.perf_counter() - t0
-    times = {p: [] for p in fns}
-    for _ in range(max(min_rounds, min(50, int(budget_s / max(once, 1e-6))))):
-        for p, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[p].append((time.perf_counter() - t0) * 1e3)
+def timings_from_json(path: Path) -> dict:
+    """{(op, shape, provider): stats} from a pytest-benchmark JSON written by bench/test_kernels.py."""
     out = {}
-    for p, ts in times.items():
-        q = statistics.quantiles(ts, n=10)
-        out[p] = (statistics.median(ts), q[1], q[7])
+    for b in json.loads(path.read_text())["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if {"op", "shape", "provider"} <= info.keys():
+            out[(info["op"], info["shape"], info["provider"])] = b["stats"]
     return out
-
-
-def run(ops, shape_filter, dtype, device, cpu_all: bool, on_rows=None, tiny: bool = False) -> list[dict]:
-    """Gate then time every (op, shape, provider); ``on_rows(rows)`` after each shape's timings."""
-    torch._dynamo.config.recompile_limit = 256
-    plan = []
-    for op in ops:
-        cfg = REGISTRY[op]
-        providers = cfg.providers if device == "cuda" else cfg.cpu_providers
-        if tiny:
-            providers = TINY_PROVIDERS[op]
-        for shape in (TINY[op] if tiny else cfg.shapes):
-            if device != "cuda" and not (shape.cpu or cpu_all or tiny):
-                continue
-            if shape_filter and shape_filter not in shape.name:
-                continue
-            plan.append((op, shape, providers))
-    rows, gates = [], {}
-    for op, shape, providers in plan:       # per shape: gate + warm-up (compiles) every provider, then time
-        torch.manual_seed(0)
-        fns, gate = CASES[op](shape.dims, dtype, device)
-        ref = fns[providers[0]]()
-        for p in providers:
-            if p not in fns:
-                gates[(op, shape.name, p)] = ("unavailable", None)
-                continue
-            try:
-                ok, err = gate(fns[p](), ref)
-                gates[(op, shape.name, p)] = ("pass" if ok else "FAIL", err)
-            except Exception as e:                          # a provider that cannot run is reported, not fatal
-                gates[(op, shape.name, p)] = (f"error: {type(e).__name__}: {str(e)[:120]}", None)
-            print(f"gate {op:12s} {shape.name:28s} {p:10s} {gates[(op, shape.name, p)]}", flush=True)
-        del ref
-        ok = [p for p in providers if gates[(op, shape.name, p)][0] == "pass"]
-        timed = time_providers({p: fns[p] for p in ok}, device, min_rounds=3 if tiny else 7)
-        base = timed.get(providers[0], (None,))[0]
-        for p in providers:
-            status, err = gates[(op, shape.name, p)]
-            row = {"op": op, "shape": shape.name, **{f"dim_{k}": v for k, v in shape.dims.items()},
-                   "provider": p, "dtype": str(dtype).replace("torch.", ""), "gate": status, "max_abs_err": err,
-                   "ms": None, "ms_p20": None, "ms_p80": None, "speedup_vs_ref": None}
-            if p in timed:
-                row["ms"], row["ms_p20"], row["ms_p80"] = timed[p]
-                row["speedup_vs_ref"] = base / row["ms"] if base else None
-            print(f"time {op:12s} {shape.name:28s} {p:10s} {row['ms']}", flush=True)
-            rows.append(row)
-        del fns
-        if on_rows:
-            on_rows(rows)
-    return rows
-
-
-VARIANT_FLAGS = {"graphs", "fused"}
-
-
-def parse_variant(variant: str) -> tuple[str, set]:
-    """'triton+fused+graphs' -> ('triton', {'fused', 'graphs'}); SystemExit on an unknown flag."""
-    backend, *flags = variant.split("+")
-    if set(flags) - VARIANT_FLAGS:
-        raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused]")
-    return backend, set(flags)
-
-
-def apply_variant(model, variant: str) -> None:
-    """Set a MagnetFast's attention backend, sampler and CUDA graphs for a runtime variant."""
-    backend, flags = parse_variant(variant)
-    model.set_attention(backend)
-    model.set_sampler("fused" if "fused" in flags else "torch")
-    model.set_cuda_graphs("graphs" in flags)
-
-
-def recordings(model) -> int:
-    """How many steps are recorded now (a change during a timed loop means timings include recording)."""
-    return sum(len(d._graphs) for d in model._decoders.values()) + len(model._decoders)
-
-
-def token_gate(model, variant: str, texts: list[str], steps=(4, 2, 2, 2)) -> float:
-    """Greedy tokens of the variant, replayed when it uses graphs, vs the same backend eager with the
-    default sampler: the share of equal tokens (1.0 expected; a broken replay or fused sampler shows)."""
-    backend, _ = parse_variant(variant)
-    apply_variant(model, backend)
-    ref = model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))
-    apply_variant(model, variant)
-    model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))        # records (graphs)
-    got = model.generate_tokens(texts, use_sampling=False, decoding_steps=list(steps))  # replays
-    model.clear_cuda_graphs()
-    return (got == ref).float().mean().item()
-
-
-def fmt(x, spec):
-    return "—" if x is None else format(x, spec)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str], plots: bool = True) -> None:
-    """results.json + results.md in ``out`` (every benchmark script; called after each case, so a run
-    killed at its time limit keeps what finished), and plots (when ``plots`` and matplotlib is there)."""
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    _write_atomic(out / "results.md", "\n".join(md_lines) + "\n")
-    if not plots:
-        return
-    try:
-        import plot
-    except ImportError:                     # matplotlib is optional, not a dependency
-        return
-    plot.plot(out / "results.json")
 
 
 def write(rows: list[dict], meta: dict, out: Path, plots: bool = True):
@@ -282,7 +86,13 @@ def write(rows: list[dict], meta: dict, out: Path, plots: bool = True):
              f"torch {meta['torch']}, triton {meta['triton']}, commit `{meta['git_commit'][:12]}`"
              f"{' (dirty)' if meta['git_dirty'] else ''}, {meta['date']}, timer: {meta['timer']}, load average "
              f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
-             "Speedup is vs the op's first (reference) provider and only shown when the gate passed.", ""]
+             "Speedup is vs the op's first (reference) provider and only shown when the gate passed. "
+             f"Spread: {meta.get('spread') or '—'}. Timed by pytest-benchmark {meta['pytest_benchmark']} "
+             f"(at least {meta['benchmark_min_rounds']} rounds and about {meta['benchmark_max_time_s']} s per case"
+             + (f"; a call shorter than {ROUND_MIN_S * 1e3:g} ms is repeated within a round, whose mean is kept"
+                if meta["device"] == "cuda" else "") + "); "
+             + (f"raw timings (every round) in `{meta['benchmark_json']}`." if meta["benchmark_json"] else
+                "raw timings: not written (the run did not finish)."), ""]
     for op in dict.fromkeys(r["op"] for r in rows):
         lines += [f"## {op}", "", "| shape | provider | dtype | ms (median) | p20–p80 | speedup | gate | max abs err |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -294,8 +104,51 @@ def write(rows: list[dict], meta: dict, out: Path, plots: bool = True):
     save_results(out, meta, rows, lines, plots=plots)
 
 
+class Collector:
+    """pytest plugin: each test's ``kernel_case`` property (gate included, also for failed and skipped
+    tests) and its timings, so far; ``on_change()`` after every test."""
+
+    def __init__(self, on_change):
+        self.records, self.timings, self.on_change = [], {}, on_change
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        yield
+        if call.when != "call":
+            return
+        rec = dict(item.user_properties).get("kernel_case")
+        if rec is None:
+            return
+        self.records.append(rec)
+        bench = getattr(item, "funcargs", {}).get("benchmark")
+        if bench is not None and bench.stats and not bench.has_error:
+            self.timings[(rec["op"], rec["shape"], rec["provider"])] = bench.stats.as_dict(include_data=True)["stats"]
+        self.on_change()
+
+
+def pytest_args(args, extra: list[str]) -> tuple[list[str], float, int]:
+    tiny = args.tiny
+    max_time = args.max_time if args.max_time is not None else (0.2 if args.device == "cuda" or tiny else 0.5)
+    min_rounds = args.min_rounds if args.min_rounds is not None else (2 if tiny else 7)
+    out = [str(BENCH / "test_kernels.py"), f"--rootdir={ROOT}", "-p", "no:cacheprovider", "--benchmark-only",
+           f"--benchmark-json={args.out / (JSON_NAME + '.tmp')}", f"--benchmark-max-time={max_time}",
+           f"--benchmark-min-rounds={min_rounds}",
+           *([f"--benchmark-min-time={ROUND_MIN_S}"] if args.device == "cuda" else []),
+           "--benchmark-columns=min,median,iqr,max,rounds,iterations",
+           f"--kernel-device={args.device}", f"--kernel-dtype={args.dtype}",
+           *(f"--kernel-op={op}" for op in args.ops)]
+    if args.shapes:
+        out.append(f"--kernel-shapes={args.shapes}")
+    if args.cpu_all:
+        out.append("--kernel-cpu-all")
+    if tiny:
+        out.append("--kernel-tiny")
+    return [*out, *extra], max_time, min_rounds
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Other arguments are passed to pytest.")
     ap.add_argument("--ops", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
     ap.add_argument("--shapes", default="", help="only shapes whose name contains this")
     ap.add_argument("--dtype", choices=list(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
@@ -304,23 +157,52 @@ def main():
     ap.add_argument("--tiny", action="store_true",
                     help="tiny odd shapes, Triton under the interpreter on CPU (gpu_check.sh dry run)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); default: torch's")
+    ap.add_argument("--max-time", type=float, help="pytest-benchmark seconds per case (default: 0.2 CUDA or tiny, 0.5 CPU)")
+    ap.add_argument("--min-rounds", type=int, help="pytest-benchmark rounds per case at least (default: 7, tiny 2)")
     ap.add_argument("--out", type=Path, help="default: bench/results/<device>-<date>")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype or ("fp16" if args.device == "cuda" else "fp32")]
+    args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     meta = stamp(args.device)
-    meta["timer"] = "triton.testing.do_bench" if args.device == "cuda" else "time.perf_counter median"
     tag = meta["device_name"].split("(")[0].strip().lower().replace(" ", "-")[:40] if args.device == "cuda" \
         else "cpu"
-    out = args.out or ROOT / "bench" / "results" / f"{tag}-{meta['date'][:10]}"
-    rows = run(args.ops, args.shapes, dtype, args.device, args.cpu_all, tiny=args.tiny,
-               on_rows=lambda rows: write(rows, {**meta, "loadavg_at_end": None}, out, plots=False))
-    meta["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    write(rows, meta, out)
-    print(f"wrote {out}")
+    args.out = (args.out or ROOT / "bench" / "results" / f"{tag}-{meta['date'][:10]}").resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / JSON_NAME).unlink(missing_ok=True)         # the folder holds this run's raw result or none
+    argv, max_time, min_rounds = pytest_args(args, extra)
+    import pytest_benchmark
+    meta.update(timer="pytest-benchmark median, time.perf_counter" +
+                      (", each call ends with torch.cuda.synchronize()" if args.device == "cuda" else ""),
+                pytest_benchmark=pytest_benchmark.__version__, benchmark_json=None,
+                benchmark_max_time_s=max_time, benchmark_min_rounds=min_rounds, spread=None, loadavg_at_end=None)
+
+    def save(timings: dict, final: bool) -> list[dict]:
+        rows, sources = rows_from(collector.records, timings)
+        meta["spread"] = ", ".join(sorted(sources)) or None
+        if final:
+            meta["loadavg_at_end"] = loadavg()
+        write(rows, meta, args.out, plots=final)
+        return rows
+
+    collector = Collector(lambda: save(collector.timings, final=False))
+    code = pytest.main(argv, plugins=[collector])
+    # pytest-benchmark opens its JSON when it starts and fills it at the end: a killed run leaves it empty,
+    # so it is written beside and renamed once complete. The stored raw result is the source of the final
+    # timings (the in-run copy if pytest ended without writing it).
+    partial = args.out / (JSON_NAME + ".tmp")
+    timings = collector.timings
+    if partial.exists() and partial.stat().st_size:
+        partial.replace(args.out / JSON_NAME)
+        meta["benchmark_json"] = JSON_NAME
+        timings = timings_from_json(args.out / JSON_NAME)
+    partial.unlink(missing_ok=True)
+    rows = save(timings, final=True)
+    print(f"wrote {args.out}")
     if any(r["gate"] == "FAIL" for r in rows):
         raise SystemExit("parity gate failed for at least one provider (see results.md)")
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):   # a provider that raised is reported
+        raise SystemExit(f"pytest exited with {code!r}")
 
 
 if __name__ == "__main__":

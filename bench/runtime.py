@@ -84,7 +84,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from run import apply_variant, parse_variant, recordings, save_results, stamp, token_gate
+    from common import (
+        apply_variant,
+        parse_variant,
+        recordings,
+        save_results,
+        set_codec,
+        stamp,
+        sync,
+        token_gate,
+    )
 
     import magnet_fast as mf
     cuda = args.device == "cuda"
@@ -96,16 +105,12 @@ def main() -> None:
     build(tmp, args.geometry, args.duration)
     model = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype=dtype, t5=T5)
     ref = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype="float32", t5=T5)
-    model._codec = codec_32khz(args.device)                 # text -> WAV timing (codec decode, float32)
+    set_codec(model, codec_32khz(args.device))              # text -> WAV timing (codec decode, float32)
     cfg = model.config
     t = cfg.frames - cfg.frames % cfg.span_len
     meta = stamp(args.device)
     meta.update(geometry=args.geometry, duration=args.duration, dtype=dtype, steps=steps, frames=t,
                 peak_tflops=args.peak_tflops)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
 
     seq = torch.randint(0, 2048, (2, 4, t), generator=torch.Generator().manual_seed(1)).to(args.device)
     with torch.inference_mode():
@@ -148,28 +153,28 @@ def main() -> None:
             row = {"variant": variant, "backend": backend, "batch": batch, "gate": "PASS" if gate else "FAIL",
                    "rel_err": err, "greedy_token_agreement": agree}
             if gate:
-                sync()
+                sync(args.device)
                 t0 = time.perf_counter()
                 model.generate_tokens(texts, seed=0, decoding_steps=steps)            # warm-up (and recording)
-                sync()
+                sync(args.device)
                 row["first_call_s"] = time.perf_counter() - t0
                 recorded = recordings(model)
                 times = []
                 for r in range(args.repeats):
-                    sync()
+                    sync(args.device)
                     t0 = time.perf_counter()
                     model.generate_tokens(texts, seed=r, decoding_steps=steps)
-                    sync()
+                    sync(args.device)
                     times.append(time.perf_counter() - t0)
                 row["recorded_while_timing"] = recordings(model) != recorded
                 sec = statistics.median(times)
                 tokens = model.generate_tokens(texts, seed=0, decoding_steps=steps)
                 wav_times = []
                 for _ in range(args.repeats):
-                    sync()
+                    sync(args.device)
                     t0 = time.perf_counter()
                     model.decode(tokens)
-                    sync()
+                    sync(args.device)
                     wav_times.append(time.perf_counter() - t0)
                 row.update(decode_s=statistics.median(wav_times), text_to_wav_s=sec + statistics.median(wav_times))
                 flops = sum(n * flops_per_pass(cfg, 2 * batch, t, stage) for stage, n in enumerate(steps))

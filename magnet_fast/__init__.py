@@ -11,8 +11,10 @@ from magnet_fast.errors import (
     ParameterError,
     ResourceError,
 )
+from magnet_fast.params import GenerationParams, SamplingParams, resolve_params
 
 __version__ = "0.1.0"
-__all__ = ["MagnetFast", "MagnetConfig", "GenerationDefaults", "convert", "MagnetFastError",
+__all__ = ["MagnetFast", "MagnetConfig", "GenerationDefaults", "SamplingParams", "GenerationParams",
+           "resolve_params", "convert", "MagnetFastError",
            "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError",
            "BatchSplitWarning", "__version__"]

@@ -1,4 +1,6 @@
-"""File helpers: restricted unpickling of audiocraft exports and atomic writes."""
+"""File helpers shared by conversion and run time: restricted unpickling of audiocraft exports, atomic
+writes (one file: ``atomic_file`` / ``atomic_write_bytes``; one folder: ``atomic_dir``) and the one
+resolver of local-folder / Hugging Face-cache sources (``resolve_pretrained``) used for T5 and the codec."""
 from __future__ import annotations
 
 import contextlib
@@ -71,19 +73,26 @@ def default_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file through a temporary sibling and a rename: readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yield a temporary sibling path to write ``path``'s content to; on success it replaces ``path`` in one
+    rename (with the mode open() would give a new file), else vanishes: readers never see a partial file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file through a temporary sibling and a rename: readers never see a partial file."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def looks_like_path(source: str) -> bool:
@@ -103,3 +112,24 @@ def cached_hub_folder(repo_id: str) -> str | None:
     except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
         return None
     return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def resolve_pretrained(source: str, *, allow_download: bool, not_found: str,
+                       not_cached: str) -> tuple[str, bool]:
+    """Where transformers' ``from_pretrained`` should load ``source`` from: ``(where, local_files_only)``.
+
+    A local folder wins; a string that can only be a path but is no folder raises CheckpointError(not_found);
+    a hub name loads from the Hub when ``allow_download``, else from the local hub cache (resolved here,
+    offline) or raises CheckpointError(not_cached). The two messages carry the caller's fix.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if looks_like_path(source):
+        raise CheckpointError(not_found)
+    if allow_download:
+        return source, False
+    where = cached_hub_folder(source)
+    if where is None:
+        raise CheckpointError(not_cached)
+    return where, True

@@ -5,12 +5,13 @@ Backends (same semantics, chosen per call):
   (kernels/banded_attn/naive.py). Bitwise parity on CPU fp32; O(T^2) memory. The CPU default.
 - ``"sdpa"``: torch's scaled_dot_product_attention with a *boolean* band mask (True = attend). The mask
   is always passed explicitly: audiocraft's torch backend instead set ``is_causal`` for masked stages,
-  silently turning the band into causal attention (MAGNET_SPEC §4); that bug is not reproduced.
+  silently turning the band into causal attention; that bug is not reproduced (docs/DESIGN.md, Parity
+  contract and deviations).
 - ``"windowed"``: banded stages attend in dense query blocks over the keys around each block
   (O(T*window) work and memory, plain torch, any device; the fast CPU path); full stages use SDPA. Same
   math, different rounding: not bitwise (logits within 1e-6 relative of "exact").
 - ``"triton"``: banded stages run the ``magnet_fast::banded_attn`` custom op (the Triton kernel on CUDA,
-  the dense reference elsewhere); full stages use SDPA. Not yet validated on a GPU: opt-in.
+  the dense reference elsewhere); full stages use SDPA. The CUDA default (validated on an H200).
 """
 from __future__ import annotations
 
@@ -22,25 +23,60 @@ from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
 BACKENDS = ("exact", "sdpa", "windowed", "triton")
 
 
-class BandCache:
-    """Masks per (T, window, device) so a generation builds each once, not once per layer and step."""
+class AttentionCache:
+    """Tensors every layer, step and call of one sequence length reuses, built once: sinusoidal positions,
+    band masks (additive bias for 'exact', boolean for SDPA) and the windowed backend's block masks.
+    ``MagnetLM.setup_caches`` fills it for a length; anything missing is built on first use."""
 
     def __init__(self) -> None:
-        self._cache: dict = {}
+        self._memo: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every cached tensor (long-lived: graph recordings may read them)."""
+        return [v for v in self._memo.values() if isinstance(v, torch.Tensor)]
+
+    def memo(self, key: tuple, build):
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def get(self, kind: str, t: int, window: int | None, device: torch.device):
-        key = (kind, t, window, str(device))
-        if key not in self._cache:
-            if kind == "bias":
-                self._cache[key] = band_bias(t, t, window, device=device)
-            else:
-                bias = band_bias(t, t, window, device=device)
-                self._cache[key] = None if bias is None else bias == 0
-        return self._cache[key]
+        """kind 'bias' (0 / -inf, None for full attention) or 'bool' (True = attend, None for full)."""
+        def build():
+            bias = band_bias(t, t, window, device=device)
+            return bias if kind == "bias" or bias is None else bias == 0
+        return self.memo((kind, t, window, str(device)), build)
+
+    def block(self, t: int, window: int, block: int, device) -> torch.Tensor:
+        return self.memo(("block", t, window, block, str(device)), lambda: _block_mask(t, window, block, device))
+
+    def positions(self, t: int, dtype: torch.dtype, device, dim: int, max_period: float) -> torch.Tensor:
+        from magnet_fast.model import sin_embedding
+        return self.memo(("pos", t, dtype, str(device), dim, max_period),
+                         lambda: sin_embedding(t, dim, max_period, dtype, device))
+
+    def setup(self, t: int, dim: int, max_period: float, device, windows, backend: str) -> None:
+        """Build the positions and the masks a forward of length ``t`` with ``backend`` will read."""
+        self.positions(t, torch.float32, device, dim, max_period)
+        for w in windows:
+            if w is None:
+                continue
+            if backend == "exact":
+                self.get("bias", t, w, device)
+            elif backend == "windowed" and w < t - 1:
+                self.block(t, w, default_block(w), device)
+            elif backend in ("sdpa", "windowed", "triton"):
+                self.get("bool", t, w, device)
+
+
+BandCache = AttentionCache          # the older name
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, *,
-              backend: str = "exact", masks: BandCache | None = None,
+              backend: str = "exact", masks: AttentionCache | None = None,
               key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
     """q [B, H, Tq, D], k/v [B, H, Tk, D] (strided views fine) -> [B, H, Tq, D] in q's dtype.
 
@@ -56,13 +92,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
             raise ValueError("key_lengths needs cross-attention (no band) and one length per row")
         return torch.cat([attention(q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, backend=backend)
                           for i, n in enumerate(key_lengths)])
-    masks = masks or BandCache()
+    masks = masks if masks is not None else AttentionCache()
     if backend == "exact":
         bias = masks.get("bias", q.shape[-2], window, q.device) if window is not None else None
         return banded_attention(q, k, v, window if bias is not None else None, bias=bias)
     banded = window is not None and window < q.shape[-2] - 1
     if backend == "windowed" and banded:
-        return windowed_attention(q, k, v, window)
+        return windowed_attention(q, k, v, window, masks=masks)
     if backend == "triton" and banded:
         from magnet_fast.kernels.banded_attn import banded_attention_op
         return banded_attention_op(q, k, v, window)
@@ -80,11 +116,12 @@ def _block_mask(t: int, window: int, block: int, device) -> torch.Tensor:
     return (((q - k).abs() <= window) & (k >= 0) & (k < t)) | (q >= t)    # padded queries: anything finite
 
 
-_BLOCK_MASKS: dict = {}
+def default_block(window: int) -> int:
+    return max(16, 2 * window + 2)
 
 
 def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                       block: int | None = None) -> torch.Tensor:
+                       block: int | None = None, masks: AttentionCache | None = None) -> torch.Tensor:
     """Band attention in dense blocks: [B, H, T, D] -> same, O(T * (block + 2*window)) work and memory.
 
     Queries are cut into blocks of ``block`` (default max(16, 2*window + 2)); each block attends the
@@ -93,13 +130,10 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     per query (strided copies) and than SDPA with a boolean band mask (measured at T=500, window 5).
     """
     b, h, t, d = q.shape
-    block = block or max(16, 2 * window + 2)
+    block = block or default_block(window)
     nb, span = -(-t // block), block + 2 * window
     pad = nb * block - t
-    key = (t, window, block, str(q.device))
-    if key not in _BLOCK_MASKS:
-        _BLOCK_MASKS[key] = _block_mask(t, window, block, q.device)
-    allowed = _BLOCK_MASKS[key]
+    allowed = (masks if masks is not None else AttentionCache()).block(t, window, block, q.device)
     qb = F.pad(q.float() * d ** -0.5, (0, 0, 0, pad)).view(b, h, nb, block, d)
     kb = F.pad(k.float(), (0, 0, window, window + pad)).unfold(2, span, block)      # [B, H, nb, D, span]
     vb = F.pad(v.float(), (0, 0, window, window + pad)).unfold(2, span, block)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from magnet_fast._io import default_file_mode
+from magnet_fast._io import atomic_file
 from magnet_fast.errors import ParameterError
 
 
@@ -53,15 +52,8 @@ def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> int:
     clipped = int(np.count_nonzero(np.abs(data) > 1.0))
     data = np.clip(data, -1.0, 1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return clipped
 
 

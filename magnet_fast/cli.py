@@ -8,7 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "weights" / "magnet-tiny-demo"
+from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
 
 
 class UsageError(Exception):
@@ -65,11 +65,10 @@ def read_prompts(args) -> list[str | None]:
 
 
 def generation_overrides(args) -> dict:
-    """CLI flags -> generate_tokens keywords (None = the model's default)."""
+    """CLI flags -> generate_tokens keywords (None = the model's default). Only parsing and flag rules
+    here; the values are checked by magnet_fast.params.resolve_params, like every API call's."""
     params = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
               "span_scoring": args.span_scoring}
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k is not None:
         if args.top_p is not None:
             raise UsageError("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
@@ -91,14 +90,13 @@ def cmd_generate(args) -> int:
     from magnet_fast import MagnetFast
     from magnet_fast.audio import check_writable, output_paths, write_wav
     from magnet_fast.config import MagnetConfig
-    from magnet_fast.generate import resolve_params
+    from magnet_fast.params import check_seed, resolve_params
     prompts = read_prompts(args)
     params = generation_overrides(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
     cfg = MagnetConfig.load(model_dir)
-    resolve_params(cfg.generation, cfg.n_q, **params)            # every value checked before loading
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    resolve_params(cfg.generation, cfg.n_q, cfg.card, **params)   # every value checked before loading
+    check_seed(args.seed)
     out = Path(args.out) if args.out else None
     if args.tokens_only:
         paths = [out if out is not None and out.suffix == ".safetensors"
@@ -109,7 +107,8 @@ def cmd_generate(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # the notice is printed once below
         model = MagnetFast.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
-                                           codec=args.codec, allow_download=args.allow_download)
+                                           codec=args.codec, allow_download=args.allow_download,
+                                           attention="exact" if args.exact else None)
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -209,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-batch", type=int, help="decode at most N prompts at once (memory)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--exact", action="store_true",
+                   help="parity mode: audiocraft's dense attention arithmetic (on CPU float32 its tokens bit "
+                        "for bit for the same seed; slower than the default)")
     g.add_argument("--t5", help="local T5 folder (default: the model's t5/ or its config name)")
     g.add_argument("--codec", help="local EnCodec folder (transformers format) overriding the model's")
     g.add_argument("--allow-download", action="store_true", help="let transformers fetch T5/codec from the hub")

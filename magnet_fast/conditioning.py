@@ -1,4 +1,4 @@
-"""T5 text conditioning (MAGNET_SPEC §3) through transformers' own T5 classes.
+"""T5 text conditioning (see docs/DESIGN.md, Pipeline) through transformers' own T5 classes.
 
 Rows are [descriptions..., one null row per description], tokenized together (right padding, no
 truncation); a null row is an empty text whose attention mask is zeroed, so after the projection and
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast._io import cached_hub_folder, looks_like_path
+from magnet_fast._io import resolve_pretrained
 from magnet_fast.errors import CheckpointError
 
 
@@ -23,20 +23,13 @@ class TextEncoder:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         source = str(name_or_path)
-        where, local = source, True
-        if Path(source).expanduser().is_dir():
-            where = str(Path(source).expanduser())
-        elif looks_like_path(source):
-            raise CheckpointError(f"T5 folder {source} not found; pass t5=PATH (CLI: --t5 PATH) to a local T5")
-        elif allow_download:
-            local = False
-        else:
-            where = cached_hub_folder(source)
-            if where is None:
-                raise CheckpointError(
-                    f"T5 encoder {source!r} is not in the local Hugging Face cache and downloads are off. Pass "
-                    f"a local folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with `huggingface-cli "
-                    f"download {source} --local-dir DIR`, or allow downloads (--allow-download).")
+        where, local = resolve_pretrained(
+            source, allow_download=allow_download,
+            not_found=f"T5 folder {source} not found; pass t5=PATH (CLI: --t5 PATH) to a local T5",
+            not_cached=f"T5 encoder {source!r} is not in the local Hugging Face cache and downloads are off. "
+                       f"Pass a local folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with "
+                       f"`huggingface-cli download {source} --local-dir DIR`, or allow downloads "
+                       "(--allow-download).")
         try:
             self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=local)
             self.model = T5EncoderModel.from_pretrained(where, local_files_only=local)
@@ -62,3 +55,29 @@ class TextEncoder:
         mask = mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, mask
+
+
+def encode_condition(text: TextEncoder, lm, descriptions, batch_invariant: bool = False):
+    """(condition [2B, L, dim], per-row condition lengths for cross-attention or None).
+
+    Default (audiocraft's behaviour): the texts are encoded as one padded batch and cross-attention attends
+    over the padding, so a row depends on its batch mates. batch_invariant: each text is encoded alone and
+    padding is masked out of cross-attention (null rows keep their all-zero keys).
+    """
+    device = lm.emb[0].weight.device
+    if not batch_invariant:
+        hidden, mask = text.encode(descriptions)
+        with torch.inference_mode():
+            return lm.project_text(hidden.to(device), mask.to(device)), None
+    parts = [text.encode([d]) for d in descriptions]                  # each: [2, L_i, width]
+    n, width = len(descriptions), text.dim
+    length = max(h.shape[1] for h, _ in parts)
+    hidden = torch.zeros(2 * n, length, width, device=text.device)
+    mask = torch.zeros(2 * n, length, dtype=torch.long, device=text.device)
+    for i, (h, m) in enumerate(parts):
+        hidden[i, : h.shape[1]] = h[0]
+        mask[i, : m.shape[1]] = m[0]
+    # null rows have zero keys/values: attending to one of them gives exactly 0, as with the padding
+    lengths = tuple(max(1, int(m.sum())) for m in mask)
+    with torch.inference_mode():
+        return lm.project_text(hidden.to(device), mask.to(device)), lengths

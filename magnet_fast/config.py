@@ -6,28 +6,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from magnet_fast.errors import ConfigError
+from magnet_fast.errors import ConfigError, ParameterError
+from magnet_fast.params import SPAN_ARRANGEMENTS, SPAN_SCORINGS, SamplingParams, validate  # noqa: F401
 
 FORMAT = "magnet_fast/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-SPAN_ARRANGEMENTS = ("nonoverlap", "stride1")
-SPAN_SCORINGS = ("max", "prod")
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Decoding defaults; audiocraft's MAGNeT.set_generation_params values unless the model says otherwise."""
-    use_sampling: bool = True
-    temperature: float = 3.0
-    top_k: int = 0
-    top_p: float = 0.9
-    max_cfg_coef: float = 10.0
-    min_cfg_coef: float = 1.0
-    decoding_steps: tuple[int, ...] = (20, 10, 10, 10)
-    span_arrangement: str = "nonoverlap"
-    span_scoring: str = "max"
-    anneal_temp: bool = True
+GenerationDefaults = SamplingParams    # a model's decoding defaults (config.json "generation")
 
 
 @dataclass(frozen=True)
@@ -136,8 +121,7 @@ class MagnetConfig:
                 raise bad(f"{name} must be a number, got {v!r}")
         if not self.segment_duration > 0 or self.frames < self.span_len:
             raise bad(f"segment_duration {self.segment_duration} gives too few frames")
-        g = self.generation
-        if len(g.decoding_steps) != self.n_q:
-            raise bad(f"generation.decoding_steps needs {self.n_q} entries, got {list(g.decoding_steps)}")
-        if g.span_arrangement not in SPAN_ARRANGEMENTS or g.span_scoring not in SPAN_SCORINGS:
-            raise bad(f"generation span settings {g.span_arrangement!r}/{g.span_scoring!r} not supported")
+        try:                               # the same checks as every call's parameters
+            validate(self.generation, self.n_q, self.card)
+        except ParameterError as e:
+            raise bad(f"generation: {e}") from None

@@ -1,4 +1,4 @@
-"""The MAGNeT language model as released (MAGNET_SPEC §2), lean for inference.
+"""The MAGNeT language model as released, lean for inference (docs/DESIGN.md, Model).
 
 - Summed codebook embeddings (codebook order), sinusoidal positions (cos first, half-1 exponent).
 - Pre-norm layers: banded/full self-attention, cross-attention over the projected T5 condition (no
@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magnet_fast.attention import BandCache, attention
-from magnet_fast.config import MagnetConfig
+from magnet_fast.attention import BACKENDS, AttentionCache, attention
+from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
+from magnet_fast.errors import CheckpointError, ParameterError
+from magnet_fast.kernels.constants import mask_id
 
 
 def sin_embedding(t: int, dim: int, max_period: float, dtype: torch.dtype, device) -> torch.Tensor:
@@ -42,7 +44,7 @@ class SelfAttention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * dim, bias=False)       # rows: q; k; v
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, window: int | None, backend: str, masks: BandCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window: int | None, backend: str, masks: AttentionCache) -> torch.Tensor:
         b, t, _ = x.shape
         qkv = self.in_proj(x).view(b, t, 3, self.heads, -1)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # [B, H, T, Dh] views
@@ -67,7 +69,7 @@ class CrossAttention(nn.Module):
         return self._split(self.k_proj(cond)), self._split(self.v_proj(cond))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str,
-                masks: BandCache, key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+                masks: AttentionCache, key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         out = attention(self._split(self.q_proj(x)), kv[0], kv[1], None, backend=backend, masks=masks,
                         key_lengths=key_lengths)
@@ -108,8 +110,36 @@ class MagnetLM(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q))
-        self.masks = BandCache()
-        self._pos: dict = {}
+        self.attention_backend = "exact"
+        self.caches = AttentionCache()        # positions, band masks, block masks: built by setup_caches
+
+    def set_attention(self, backend: str) -> None:
+        """The attention backend every forward uses (see attention.py): 'exact', 'sdpa', 'windowed', 'triton'."""
+        if backend not in BACKENDS:
+            raise ParameterError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            if not hasattr(torch.library, "triton_op"):
+                raise ParameterError("the triton attention backend needs torch >= 2.6 "
+                                     f"(torch.library.triton_op); this is {torch.__version__}")
+            from magnet_fast.kernels.banded_attn import SUPPORTED_D
+            if self.emb[0].weight.device.type == "cuda" and self.cfg.head_dim not in SUPPORTED_D:
+                raise ParameterError(f"the triton attention kernel supports head dims {SUPPORTED_D}, this "
+                                     f"model has {self.cfg.head_dim}; use 'sdpa' or 'windowed'")
+        self.attention_backend = backend
+
+    @property
+    def gathers_head(self) -> bool:
+        """Whether the output head may run on selected positions only (every backend but 'exact', whose
+        full-row head GEMM keeps audiocraft's shapes for bitwise parity)."""
+        return self.attention_backend != "exact"
+
+    def setup_caches(self, t: int) -> AttentionCache:
+        """Build what every forward of length ``t`` reuses (positions, the stages' band masks) once;
+        later calls with the same length are free. Called by ``hidden``; callers may call it ahead."""
+        device = self.emb[0].weight.device
+        self.caches.setup(t, self.cfg.dim, self.cfg.max_period, device,
+                          windows={self.window(s) for s in range(self.cfg.n_q)}, backend=self.attention_backend)
+        return self.caches
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -118,7 +148,7 @@ class MagnetLM(nn.Module):
 
     @property
     def mask_id(self) -> int:
-        return self.cfg.card
+        return mask_id(self.cfg.card)
 
     def window(self, stage: int) -> int | None:
         """Self-attention band of a stage: None (full) for the first codebook, else subcodes_context."""
@@ -135,10 +165,8 @@ class MagnetLM(nn.Module):
         return [layer.cross_attn.kv(cond) for layer in self.layers]
 
     def positions(self, t: int, dtype: torch.dtype, device) -> torch.Tensor:
-        key = (t, dtype, str(device))
-        if key not in self._pos:
-            self._pos[key] = sin_embedding(t, self.cfg.dim, self.cfg.max_period, dtype, device)
-        return self._pos[key]
+        """Sinusoidal positions [1, t, dim] (cached by ``setup_caches``)."""
+        return self.caches.positions(t, dtype, device, self.cfg.dim, self.cfg.max_period)
 
     def embed(self, seq: torch.Tensor, upto: int | None = None, prefix: torch.Tensor | None = None,
               start: int = 0) -> torch.Tensor:
@@ -161,7 +189,7 @@ class MagnetLM(nn.Module):
         x = self.embed(seq, upto=stage)
         return x if out is None else out.copy_(x)
 
-    def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
+    def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str | None = None,
                cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
                prefix: torch.Tensor | None = None) -> torch.Tensor:
         """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd).
@@ -171,16 +199,19 @@ class MagnetLM(nn.Module):
         null_from: rows from this index on are null (all-zero) conditions; their cross-attention is
         skipped (its output is exactly 0). None computes every row, with audiocraft's matmul shapes.
         prefix: ``stage_prefix(seq, stage)``, to skip re-embedding the codebooks before the stage.
+        backend: None uses the model's (``set_attention``).
         """
+        backend = backend or self.attention_backend
+        self.setup_caches(seq.shape[-1])
         x = self.embed(seq, prefix=prefix, start=0 if prefix is None else stage)
         x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
         kv = [(k.to(self.compute_dtype), v.to(self.compute_dtype)) for k, v in kv]
         window = self.window(stage)
         for layer, layer_kv in zip(self.layers, kv, strict=True):
-            x = layer(x, layer_kv, window, backend, self.masks, cross_lengths, null_from)
+            x = layer(x, layer_kv, window, backend, self.caches, cross_lengths, null_from)
         return self.out_norm(x)
 
-    def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str = "exact",
+    def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str | None = None,
                 cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
                 prefix: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the stage's codebook only: [B, T, card], or [B, M, card] at ``positions`` [B, M]
@@ -190,3 +221,56 @@ class MagnetLM(nn.Module):
         if positions is not None:
             x = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return head(x.to(head.weight.dtype))
+
+    def guided_logits(self, seq: torch.Tensor, kv: list, stage: int, *,
+                      cross_lengths: tuple[int, ...] | None = None, prefix: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CFG batch seq [2B, n_q, T] (conditioned rows, then null rows) -> (cond, uncond) logits, each
+        [B, T, card] or [B, M, card] at ``positions`` [B, M]. Outside 'exact' the null rows'
+        cross-attention, exactly zero, is skipped; 'exact' computes it with audiocraft's matmul shapes."""
+        batch = seq.shape[0] // 2
+        null_from = None if self.attention_backend == "exact" else batch
+        logits = self(seq, kv, stage, None, cross_lengths, null_from, prefix,
+                      None if positions is None else positions.repeat(2, 1))
+        return logits[:batch], logits[batch:]
+
+
+def _keeps_fp32(key: str) -> bool:
+    """Embeddings, LayerNorms, the text projection and the output heads stay float32 under bf16/fp16
+    weights (the module docstring's mixed-precision rule)."""
+    return key.startswith(("emb.", "heads.", "text_proj.")) or any(
+        part.startswith(("norm", "out_norm")) for part in key.split("."))
+
+
+def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype) -> MagnetLM:
+    """Build the LM on the meta device and assign the safetensors weights, cast by the mixed-precision
+    rule; every key and shape checked against the config (CheckpointError says to re-convert)."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; re-run `magnet-fast convert`") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
+                              "re-run `magnet-fast convert`") from None
+    with torch.device("meta"):
+        lm = MagnetLM(cfg)
+    expected = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unknown:
+        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unknown keys {unknown[:5]} for the "
+                              f"geometry in config.json; re-run `magnet-fast convert`")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{path}: {k} has shape {list(state[k].shape)}, config.json implies "
+                                  f"{list(shape)}; re-run `magnet-fast convert`")
+        if not state[k].is_floating_point():
+            raise CheckpointError(f"{path}: {k} has dtype {state[k].dtype}; expected floating point")
+    lm.load_state_dict({k: v.to(device=device, dtype=torch.float32 if _keeps_fp32(k) else dtype)
+                        for k, v in state.items()}, assign=True)
+    lm.caches = AttentionCache()          # built on the meta device above: start empty on the real one
+    return lm.eval().requires_grad_(False)

@@ -1,7 +1,7 @@
 """Host-side decoding schedule: everything per step that does not depend on sampled values.
 
-Computed once per generation on the CPU with the same float32 tensor ops audiocraft uses (MAGNET_SPEC
-§5.2), so the device loop needs no ``.item()``: the mask count, CFG coefficient and temperature of
+Computed once per generation on the CPU with the same float32 tensor ops audiocraft uses (docs/DESIGN.md,
+Decoding algorithm), so the device loop needs no ``.item()``: the mask count, CFG coefficient and temperature of
 every step are known up front.
 """
 from __future__ import annotations

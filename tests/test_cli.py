@@ -12,7 +12,7 @@ import pytest
 sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: the CLI writes WAVs with it")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "weights" / "magnet-tiny-demo"
+DEMO = ROOT / "magnet_fast" / "demo" / "magnet-tiny-demo"
 AC_EXPORT = ROOT / "tests" / "fixtures" / "ac_ref" / "magnet_tiny"
 FAST = ["--steps", "2,1,1,1", "--quiet"]
 
@@ -79,8 +79,9 @@ def test_convert_and_info(tmp_path):
     pytest.param(["x", "--steps", "20,10,10"], "decoding_steps must be 4", id="steps-length"),
     pytest.param(["x", "--steps", "20,0,10,10"], "decoding_steps must be 4", id="steps-zero"),
     pytest.param(["x", "--steps", "a,b"], "comma-separated integers", id="steps-text"),
-    pytest.param(["x", "--top-p", "0"], "--top-p must be in (0, 1]", id="top-p-zero"),
-    pytest.param(["x", "--top-p", "1.5"], "--top-p must be in (0, 1]", id="top-p-high"),
+    pytest.param(["x", "--top-p", "-0.1"], "top_p must be >= 0.0", id="top-p-negative"),
+    pytest.param(["x", "--top-p", "1.5"], "top_p must be <= 1.0", id="top-p-high"),
+    pytest.param(["x", "--seed", "-1"], "seed must be an integer in [0, 2**63)", id="seed-negative"),
     pytest.param(["x", "--top-p", "0.5", "--top-k", "5"], "exclude each other", id="top-p-and-k"),
     pytest.param(["x", "--temperature", "-1"], "temperature must be >= 0", id="negative-temperature"),
     pytest.param(["x", "--cfg", "10"], "MAX,MIN", id="cfg-one-value"),

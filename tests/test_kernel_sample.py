@@ -4,6 +4,7 @@ import torch
 
 from magnet_fast.kernels.sample import naive
 from magnet_fast.kernels.sample import triton as st
+from tests.sample_refs import next_mask_nonoverlap, next_mask_stride1, select_stride1_loop
 
 MODES = {  # top_p, top_k, greedy
     "top_p0.9": (0.9, 0, False),
@@ -89,7 +90,7 @@ def test_kernel_temperature_floor(temp):
 
 
 def exact_distribution(logits, temp, top_p=0.0, top_k=0):
-    """Independent float64 truncated distribution of one row (keep rules of MAGNET_SPEC §6)."""
+    """Independent float64 truncated distribution of one row (the keep rules in docs/DESIGN.md, Decoding algorithm)."""
     p = torch.softmax(logits.double() / max(temp, 0.01), -1)
     if top_p > 0:
         keep = torch.tensor([p[p > pj].sum() <= top_p for pj in p])
@@ -149,7 +150,7 @@ def test_kernel_distribution_chi2_tiny():
 def test_select_nonoverlap_ties_and_dont_remask():
     scores = torch.tensor([[0.5, 0.2, 0.5, 0.5, naive.DONT_REMASK, 0.1],
                            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-    mask = st.next_mask_nonoverlap(scores, 2, 3)
+    mask = next_mask_nonoverlap(scores, 2, 3)
     assert mask.shape == (2, 18) and torch.equal(mask, naive.select_spans(scores, 2).repeat_interleave(3, -1))
     chunks = mask[:, ::3]
     assert (mask.view(2, 6, 3) == chunks[..., None]).all()
@@ -166,8 +167,8 @@ def test_select_stride1_matches_loop(T, num_masked):
     scores[0] = 0.0                                         # step-0 ties
     scores[1, :5] = naive.DONT_REMASK                       # a prompt
     scores[2] = scores[2].round()                           # ties between windows
-    mask = st.next_mask_stride1(scores, num_masked, 3)
-    assert torch.equal(mask, naive.select_stride1_loop(scores, num_masked, 3))
+    mask = next_mask_stride1(scores, num_masked, 3)
+    assert torch.equal(mask, select_stride1_loop(scores, num_masked, 3))
 
 
 def test_op_cpu_is_naive_and_compiles():
@@ -183,11 +184,11 @@ def test_op_cpu_is_naive_and_compiles():
     def decode(cond, uncond, tokens, noise, masked, coef, temp, top_p, top_k, greedy):
         tok, _prob, score = st.sample_step_op(cond, uncond, tokens, noise, masked, coef=coef,
                                              temperature=temp, top_p=top_p, top_k=top_k, greedy=greedy)
-        return tok, st.next_mask_nonoverlap(score, 4, 3)
+        return tok, next_mask_nonoverlap(score, 4, 3)
 
     fn = torch.compile(decode, fullgraph=True, backend="eager")
     tok, nxt = fn(*step, *sc)
-    assert torch.equal(tok, ref[0]) and torch.equal(nxt, st.next_mask_nonoverlap(ref[2], 4, 3))
+    assert torch.equal(tok, ref[0]) and torch.equal(nxt, next_mask_nonoverlap(ref[2], 4, 3))
     torch.library.opcheck(torch.ops.magnet_fast.sample_step.default, (*step, *sc, 3, "max", "vocab"))
 
 

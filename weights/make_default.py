@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the bundled demo model ``weights/magnet-tiny-demo/`` (a few MB, deterministic).
+"""Build the bundled demo model ``magnet_fast/demo/magnet-tiny-demo/`` (a few MB, deterministic).
 
 UNTRAINED RANDOM WEIGHTS: the audio it produces is noise. It exists so that the whole pipeline
 (T5 text encoder -> MAGNeT decoding -> EnCodec decoding -> WAV) runs on a fresh machine with no
@@ -10,8 +10,10 @@ generate --model magnet-small "..."``.
 Layout (the converted-model format): config.json + model.safetensors (the LM, fp16 like the released
 files), t5/ (a real transformers T5Tokenizer over a small word vocabulary + a 1-layer T5 encoder) and
 codec/ (a transformers EncodecModel with MAGNeT's 32 kHz layout, narrow widths, 4 x 2048 codebooks).
+It ships inside the package as package data (pyproject.toml), found at run time as
+``magnet_fast.demo.DEMO_MODEL``.
 
-    python weights/make_default.py [--out weights/magnet-tiny-demo]
+    python weights/make_default.py [--out magnet_fast/demo/magnet-tiny-demo]
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+DEMO_OUT = Path(__file__).resolve().parents[1] / "magnet_fast" / "demo" / "magnet-tiny-demo"
 
 WORDS = ("a an and the with of for in on to by at beat beats bass drum drums guitar piano synth synths "
          "electronic edm disco funky groove rock jazz calm happy sad energetic melodic catchy track music "
@@ -79,11 +83,12 @@ def make_lm(cfg, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "magnet-tiny-demo"))
+    ap.add_argument("--out", default=str(DEMO_OUT))
     ap.add_argument("--seed", type=int, default=2024)
     args = ap.parse_args()
     from magnet_fast.config import MagnetConfig
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:
         (tmp / "t5").mkdir()

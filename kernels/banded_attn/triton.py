@@ -166,7 +166,7 @@ def banded_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
         BM=BM,
         BN=BN,
         BANDED=banded,
-        # the interpreter mishandles bf16 arithmetic (STYLE.md §4): upcast right after the loads there
+        # the interpreter mishandles bf16 arithmetic (README.md, "Interpreter"): upcast after the loads
         UPCAST=fp32 or (interpreting() and q.dtype == torch.bfloat16),
         IEEE=ieee,
         num_warps=cfg["num_warps"],

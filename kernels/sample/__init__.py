@@ -1,9 +1,10 @@
-"""Fused sampling + span selection for one MAGNeT decoding step (see naive.py for the semantics).
+"""Fused sampling + span scores for one MAGNeT decoding step (see naive.py for the semantics).
 
-``sample_step_op``, ``next_mask_nonoverlap`` and ``next_mask_stride1`` live in ``triton.py`` (custom op
-``magnet_fast::sample_step``: Triton on CUDA, naive.py on CPU) and are imported lazily.
+``sample_step_op`` lives in ``triton.py`` (custom op ``magnet_fast::sample_step``: Triton on CUDA, naive.py
+on CPU) and is imported lazily. The next masked set is chosen with naive.py (``select_spans`` +
+``spans_to_tokens``, ``select_stride1``); constants shared by both live in ``magnet_fast.kernels.constants``.
 """
-__all__ = ["next_mask_nonoverlap", "next_mask_stride1", "sample_step_op"]
+__all__ = ["sample_step_op"]
 
 
 def __getattr__(name):

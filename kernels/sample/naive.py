@@ -1,6 +1,6 @@
 """Plain-PyTorch post-processing of one MAGNeT decoding step: the ground truth for the fused kernel.
 
-Pieces, in the order the decoding loop applies them (semantics: MAGNET_SPEC §5.2-§6):
+Pieces, in the order the decoding loop applies them (semantics: docs/DESIGN.md, "Decoding algorithm"):
 
 1. ``cfg_logits``      uncond + (cond - uncond) * coef                      (float32)
 2. ``step_probs``      softmax(logits / max(temperature, 0.01))               (float32)
@@ -9,8 +9,8 @@ Pieces, in the order the decoding loop applies them (semantics: MAGNET_SPEC §5.
                        the probability each sampled token is scored with.
 4. ``span_scores`` + ``select_spans``      'nonoverlap' chunk scoring and top-k chunk selection.
    ``token_scores`` + ``select_stride1``   'stride1' least-probable overlapping spans, vectorised over
-                       the batch with no host synchronisation (``select_stride1_loop`` is the per-row
-                       binary search it replaces, kept for tests).
+                       the batch with no host synchronisation (the per-row binary search it replaces is
+                       the test reference in tests/sample_refs.py).
 
 RNG parity: on CPU ``torch.multinomial(p, 1)`` (no replacement) is exactly ``argmax(p / E)`` with
 ``E = torch.empty_like(p).exponential_(1)`` drawn over the full [rows, card] input. Drawing E with
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-DONT_REMASK = -1e4
-TEMPERATURE_FLOOR = 0.01
+# one home shared with the Triton sampler; re-exported here as naive.DONT_REMASK / naive.TEMPERATURE_FLOOR
+from magnet_fast.kernels.constants import DONT_REMASK, TEMPERATURE_FLOOR
 
 
 def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, coef: float | torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, coef: float | torch.Ten
 
 
 def step_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / max(temperature, 0.01)) over the last axis, float32."""
+    """softmax(logits / max(temperature, TEMPERATURE_FLOOR)) over the last axis, float32."""
     return torch.softmax(logits.float() / max(temperature, TEMPERATURE_FLOOR), dim=-1)
 
 
@@ -180,30 +180,3 @@ def select_stride1(scores: torch.Tensor, num_masked: int, span_len: int) -> torc
         active = active & (mid > lo) & (mid < hi)
     return cover < built[:, None]
 
-
-def select_stride1_loop(scores: torch.Tensor, num_masked: int, span_len: int) -> torch.Tensor:
-    """The per-row host-side binary search of audiocraft's stride1 masking (test reference)."""
-    B, T = scores.shape
-    out = torch.zeros(B, T, dtype=torch.bool, device=scores.device)
-
-    def union(starts: torch.Tensor) -> torch.Tensor:
-        m = torch.zeros(T, dtype=torch.bool, device=scores.device)
-        for j in range(span_len):
-            m[(starts + j).clamp(max=T - 1)] = True
-        return m
-
-    for b in range(B):
-        order = torch.argsort(scores[b].unfold(-1, span_len, 1).sum(-1), descending=True)
-        target = max(num_masked, span_len)
-        lo, hi = target // span_len, target - span_len + 1
-        mid = round(0.5 * (lo + hi))
-        mask = union(order[:mid])
-        while lo < mid < hi:
-            mask = union(order[:mid])
-            if int(mask.sum()) > target:
-                hi = mid
-            else:
-                lo = mid
-            mid = round(0.5 * (lo + hi))
-        out[b] = mask
-    return out

@@ -5,10 +5,12 @@ CFG mix -> temperature softmax (fp32) -> top-p / top-k keep set by a sort-free b
 bit patterns -> argmax(p / E) race with caller-drawn noise (``pairing="vocab"``) or greedy argmax ->
 token written where the row holds the mask id -> scored prob; then the group's span score ('max' or
 'prod', DONT_REMASK for groups not masked this step). ``span_len=1`` + 'prod' gives stride1's token scores.
+The temperature floor, DONT_REMASK and the mask id rule come from ``magnet_fast.kernels.constants``, shared
+with naive.py.
 
 Layers: ``sample_step_kernel`` (jit), ``sample_step_fwd`` (launcher), ``sample_step_op`` (the
-``magnet_fast::sample_step`` custom op: Triton on CUDA, naive.py elsewhere), and the selection helpers
-``next_mask_nonoverlap`` / ``next_mask_stride1`` (plain torch ops, no host sync).
+``magnet_fast::sample_step`` custom op: Triton on CUDA, naive.py elsewhere). The next masked set is chosen
+with naive.py's plain torch ops (``select_spans`` + ``spans_to_tokens``, ``select_stride1``; no host sync).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from magnet_fast.kernels import constants
 from magnet_fast.kernels._alloc import empty
 from magnet_fast.kernels.sample import naive
 
@@ -94,7 +97,7 @@ def sample_step_kernel(
         b_scored = tl.where(use_k, b_kept, b_p)
         p_tok = tl.sum(tl.where(o_v == i_tok, b_scored, 0.0), 0)
 
-        cur = tl.load(tokens + i_b * T + i_t)
+        cur = tl.load(tokens + i_b * T + i_t)                           # mask id == V (constants.mask_id)
         tl.store(tok_out + i_b * T + i_t, tl.where(cur == V, i_tok.to(cur.dtype), cur))
         tl.store(prob_out + i_b * T + i_t, p_tok)
         b_max = tl.maximum(b_max, p_tok)
@@ -115,8 +118,9 @@ def num_warps_for(bv: int) -> int:
 def sample_step_fwd(cond, uncond, tokens, noise, masked, coef, temperature, top_p, top_k, greedy,
                     span_len: int, scoring: str, launcher=None):
     """Launch the fused kernel. Shapes: cond/uncond [B, T, card] (unit stride on card), tokens [B, T]
-    (int, mask id = card), noise [B, T, card] fp32 contiguous, masked [B, T // span_len] bool; the five
-    scalars are 0-d device tensors. Returns (tokens [B, T], scored probs [B, T] fp32, scores [B, G] fp32).
+    (int, mask id = constants.mask_id(card), i.e. card), noise [B, T, card] fp32 contiguous, masked
+    [B, T // span_len] bool; the five scalars are 0-d device tensors. Returns (tokens [B, T], scored probs
+    [B, T] fp32, scores [B, G] fp32).
     """
     B, T, V = cond.shape
     assert uncond.shape == cond.shape and noise.shape == cond.shape, (cond.shape, uncond.shape, noise.shape)
@@ -144,8 +148,8 @@ def sample_step_fwd(cond, uncond, tokens, noise, masked, coef, temperature, top_
         BV=BV,
         SPAN=span_len,
         SCORING=SCORINGS[scoring],
-        TEMP_FLOOR=naive.TEMPERATURE_FLOOR,
-        FIXED_SCORE=naive.DONT_REMASK,
+        TEMP_FLOOR=constants.TEMPERATURE_FLOOR,
+        FIXED_SCORE=constants.DONT_REMASK,
         num_warps=num_warps_for(BV),
     )
     return tok_out, prob_out, score_out
@@ -159,7 +163,7 @@ def sample_step_ref(cond, uncond, tokens, noise, masked, coef, temperature, top_
     probs = naive.step_probs(logits, float(temperature))
     tok, p_tok = naive.sample(probs, logits, noise, top_p=float(top_p), top_k=int(top_k),
                               use_sampling=not bool(greedy), pairing=pairing)
-    new = torch.where(tokens == V, tok.to(tokens.dtype), tokens)
+    new = torch.where(tokens == constants.mask_id(V), tok.to(tokens.dtype), tokens)
     return new, p_tok, naive.span_scores(p_tok, span_len, scoring, masked.bool())
 
 
@@ -219,12 +223,3 @@ def sample_step_op(cond, uncond, tokens, noise, masked, *, coef, temperature, to
         _scalar(temperature, torch.float32, dev), _scalar(top_p, torch.float32, dev),
         _scalar(top_k, torch.int64, dev), _scalar(greedy, torch.bool, dev), span_len, scoring, pairing)
 
-
-def next_mask_nonoverlap(scores: torch.Tensor, num_masked: int, span_len: int) -> torch.Tensor:
-    """Token mask [B, G * span_len] of the ``num_masked`` highest-scoring chunks (torch.topk ties)."""
-    return naive.spans_to_tokens(naive.select_spans(scores, num_masked), span_len)
-
-
-def next_mask_stride1(scores: torch.Tensor, num_masked: int, span_len: int) -> torch.Tensor:
-    """Token mask [B, T] of stride1's least-probable overlapping spans (naive.select_stride1, sync-free)."""
-    return naive.select_stride1(scores, num_masked, span_len)

@@ -44,7 +44,8 @@ _converted: dict = {}
 @pytest.fixture(scope="session")
 def convert_and_load(tmp_path_factory):
     """Callable: CodecReference -> (note, model folder, Codec); converted once per fixture folder."""
-    from magnet_fast.codec import Codec, convert_codec
+    from magnet_fast.codec import Codec
+    from magnet_fast.convert.codec import convert_codec
     root = tmp_path_factory.mktemp("codecs")
 
     def run(ref: CodecReference):

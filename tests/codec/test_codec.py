@@ -20,7 +20,8 @@ import yaml
 from safetensors import safe_open
 
 import magnet_fast.codec
-from magnet_fast.codec import Codec, convert_codec, encodec_config_from_xp, hf_codec_key
+from magnet_fast.codec import Codec
+from magnet_fast.convert.codec import convert_codec, encodec_config_from_xp, hf_codec_key
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
 
 CODEC_FILE = "compression_state_dict.bin"
@@ -119,7 +120,7 @@ def test_converted_weights_equal_source(codec_ref32, convert_and_load):
 
 
 def test_real_configs_match_spec(codec_ref):
-    """The fixture's xp.cfg at the real size gives MAGNET_SPEC §7's EncodecConfig (32 kHz / 16 kHz)."""
+    """The fixture's xp.cfg at the real size gives the released EncodecConfig (32 kHz / 16 kHz)."""
     xp = _set(_set(_xp(codec_ref), "seanet.n_filters", 64), "seanet.dimension", 128)
     xp = _set(xp, "rvq.bins", 2048)
     cfg = encodec_config_from_xp(xp)

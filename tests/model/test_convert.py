@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import magnet_fast as mf
-from magnet_fast.convert import CODEC_FILE, LM_FILE
+from magnet_fast.convert.lm import CODEC_FILE, LM_FILE
 from magnet_fast.errors import CheckpointError, ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -182,7 +182,7 @@ def test_loader_rejects_damaged_or_mismatched_parts(ref10, tmp_path):
     with pytest.raises(CheckpointError, match="out_norm.bias has dtype torch.int32"):
         mf.MagnetFast.from_pretrained(out)
     weights.write_bytes((tmp_path / "m2" / "model.safetensors").read_bytes())
-    demo_t5 = FIXTURES.parents[1] / "weights" / "magnet-tiny-demo" / "t5"          # width 64, not 768
+    demo_t5 = FIXTURES.parents[1] / "magnet_fast" / "demo" / "magnet-tiny-demo" / "t5"  # width 64, not 768
     with pytest.raises(CheckpointError, match="has width 64 but the model's text projection expects 768"):
         mf.MagnetFast.from_pretrained(out, t5=demo_t5)
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
@@ -191,7 +191,7 @@ def test_loader_rejects_damaged_or_mismatched_parts(ref10, tmp_path):
 
 def test_codec_override_that_does_not_fit_is_refused(ref10, tmp_path):
     out = mf.convert(ref10.checkpoint, tmp_path / "m")
-    demo_codec = FIXTURES.parents[1] / "weights" / "magnet-tiny-demo" / "codec"   # 4 x 2048
+    demo_codec = FIXTURES.parents[1] / "magnet_fast" / "demo" / "magnet-tiny-demo" / "codec"  # 4 x 2048
     model = mf.MagnetFast.from_pretrained(out, t5=FIXTURES / "ac_ref" / "t5_tiny", codec=demo_codec)
     with pytest.raises(CheckpointError, match="codec has 4 codebooks x 2048 .* LM expects 4 x 512"):
         model.generate(["x"], decoding_steps=[1, 1, 1, 1])

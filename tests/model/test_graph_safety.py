@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magnet_fast.generate import decode_step, resolve_params
+from magnet_fast.generate import DecodeState, decode_step
 from magnet_fast.kernels.sample import naive as S
+from magnet_fast.params import resolve_params
+from magnet_fast.sampling import make_sampler
+from magnet_fast.schedule import Step
+from magnet_fast.scoring import make_scorer
+from magnet_fast.spans import make_arrangement
 
 
 @pytest.mark.parametrize("overrides, stage, num_masked, sampler", [
@@ -31,20 +36,27 @@ def test_decode_step_compiles_without_graph_breaks(model10, overrides, stage, nu
     row = seq[:, stage].clone()
     seq = seq.repeat(2, 1, 1)                                   # the CFG batch [2B, ...]
     scores = torch.rand(2, t if stride1 else t // 3, generator=g)
-    noise = S.draw_noise(torch.empty(2, t, 512), g) if params.use_sampling else None
+    noise = S.draw_noise(torch.empty(2, t, 512), g) if params.use_sampling else torch.ones(2, t, 512)
     prompt = torch.randint(0, 512, (2, 4, 20), generator=g)
-    with torch.no_grad():
-        kv = lm.cross_kv(model10.condition(["calm piano", None]))
-        prefix = lm.stage_prefix(seq, stage)
-        args = (lm, seq, row, scores, kv, noise, prompt)
-        kw = {"stage": stage, "num_masked": num_masked, "cfg_coef": 3.5, "temperature": 1.7, "params": params,
-              "sampler": sampler, "prefix": prefix, "backend": backend or "exact"}
-        seq_eager, seq_traced = seq.clone(), seq.clone()
-        eager = decode_step(lm, seq_eager, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args[2:]),
-                            **kw)
-        compiled = torch.compile(decode_step, fullgraph=True, backend="eager")
-        traced = compiled(lm, seq_traced, *(a.clone() if isinstance(a, torch.Tensor) else a for a in args[2:]),
-                          **kw)
+    plans = [[Step(s, 0, 0.5, num_masked, 3.5, 1.7)] for s in range(4)]
+    arrangement = make_arrangement(3, params.span_arrangement)
+    parts = (plans[stage][0], arrangement, make_sampler(sampler, params, lm.mask_id, plans, "cpu"),
+             make_scorer(params.span_scoring, arrangement))
+    lm.set_attention(backend or "exact")
+    try:
+        with torch.no_grad():
+            kv = lm.cross_kv(model10.condition(["calm piano", None]))
+            prefix = lm.stage_prefix(seq, stage)
+
+            def state(seq):
+                return DecodeState(seq=seq, row=row.clone(), scores=scores.clone(), kv=kv, noise=noise.clone(),
+                                   prompt=prompt, prefix=prefix)
+            seq_eager, seq_traced = seq.clone(), seq.clone()
+            eager = decode_step(lm, state(seq_eager), *parts)
+            compiled = torch.compile(decode_step, fullgraph=True, backend="eager")
+            traced = compiled(lm, state(seq_traced), *parts)
+    finally:
+        lm.set_attention("exact")
     for a, b in zip(eager, traced, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(seq_eager, seq_traced)

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 import magnet_fast as mf
 from magnet_fast.errors import CheckpointError
-from magnet_fast.generate import decode_step, output_frames, resolve_params
+from magnet_fast.generate import Decoder, output_frames, resolve_params
 from magnet_fast.kernels.sample import naive as S
-from magnet_fast.schedule import stage_steps
+from tests.sample_refs import select_stride1_loop
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -53,57 +53,59 @@ def test_stride1_equals_reference_search(t, seed, frac, ties):
     if ties:
         scores = scores.round()
     k = max(1, int(frac * t))
-    assert torch.equal(S.select_stride1(scores, k, 3), S.select_stride1_loop(scores, k, 3))
+    assert torch.equal(S.select_stride1(scores, k, 3), select_stride1_loop(scores, k, 3))
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrangement=st.sampled_from(["nonoverlap", "stride1"]), n_prompt=st.sampled_from([0, 1, 20, 31]),
        steps=st.integers(1, 4), seed=st.integers(0, 1000))
 def test_decoding_invariants(model10, arrangement, n_prompt, steps, seed):
-    """Per step: the masked set has the scheduled size and (nonoverlap) is nested in the previous one, a
-    step changes only masked positions, the prompt is never changed; no mask id survives a stage."""
+    """Observed on the real Decoder, per step: nonoverlap re-masks exactly num_masked spans, none of them a
+    prompt span, nested in the previous step's; stride1 re-masks at least min(num_masked, span) tokens; a
+    step changes only re-masked positions; prompt frames always hold the prompt; no mask id survives."""
     lm = model10.lm
-    params = resolve_params(model10.config.generation, 4, span_arrangement=arrangement)
+    params = resolve_params(model10.config.generation, 4, span_arrangement=arrangement,
+                            decoding_steps=[steps, steps, 1, 1])
     t, mask = output_frames(500, 3, arrangement), lm.mask_id
-    unit = 3 if arrangement == "nonoverlap" else 1
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, 512, (1, 4, n_prompt), generator=g) if n_prompt else None
-    seq = torch.full((2, 4, t), mask)                          # the CFG batch: cond row, null row
-    if prompt is not None:
-        seq[..., :n_prompt] = prompt
+    decoder = Decoder(lm, 1, 500, params, n_prompt=n_prompt)
+    inner, selections, rows = decoder.arrangement, [], []
+
+    class Spy:                                       # records every selection the decoder makes
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def select(self, scores, num_masked):
+            out = inner.select(scores, num_masked)
+            selections.append((num_masked, out[0].clone(), out[1].clone()))
+            return out
+    decoder.arrangement = Spy()
     with torch.no_grad():
         kv = lm.cross_kv(model10.condition(["calm piano"]))
-        for stage in range(2):
-            row = torch.full((1, t), mask)
-            scores = torch.zeros(1, t // unit)
-            scores[:, : n_prompt // unit] = S.DONT_REMASK
-            plan = stage_steps(stage, steps, t // unit - n_prompt // unit, temperature=3.0, anneal_temp=True,
-                               max_cfg_coef=10.0, min_cfg_coef=1.0)
-            previous = None
-            for step in plan:
-                if unit == 3:
-                    masked = S.select_spans(scores, step.num_masked).repeat_interleave(3, -1)
-                    assert int(masked.sum()) == 3 * step.num_masked
-                else:
-                    masked = S.select_stride1(scores, step.num_masked, 3)
-                    assert int(masked.sum()) >= min(step.num_masked, 3)
-                if prompt is not None:
-                    masked[:, :n_prompt] = False
-                if previous is not None and unit == 3:
-                    assert not (masked & ~previous).any()                    # nested: fixed spans stay fixed
-                before = row.masked_fill(masked, mask)
-                row, scores, bad = decode_step(
-                    lm, seq, row, scores, kv, S.draw_noise(torch.empty(1, t, 512), g), prompt, stage=stage,
-                    num_masked=step.num_masked, cfg_coef=step.cfg_coef, temperature=step.temperature,
-                    params=params)
-                assert not bool(bad)
-                assert torch.equal(seq[:1, stage], row) and torch.equal(seq[1:, stage], row)
-                assert torch.equal(row[~masked], before[~masked]) or step.index == 0 and prompt is not None
-                assert (row != mask).all()
-                if prompt is not None:
-                    assert torch.equal(row[:, :n_prompt], prompt[:, stage])
-                previous = masked
-            assert int(row.max()) < 512 and int(row.min()) >= 0
+        out = decoder.run(kv, prompt, generator=g, on_step=lambda stage, i, s: rows.append((stage, i, s.row.clone())))
+    assert len(selections) == len(rows) == sum(params.decoding_steps)
+    previous = before = None
+    for (num_masked, units, masked), (stage, i, row) in zip(selections, rows, strict=True):
+        if i == 0:
+            previous, before = None, torch.full((1, t), mask)
+        if arrangement == "nonoverlap":
+            assert int(units.sum()) == num_masked and int(masked.sum()) == 3 * num_masked
+            assert not units[:, : n_prompt // 3].any()                      # prompt spans never re-masked
+            if previous is not None:
+                assert not (units & ~previous).any()                      # nested: fixed spans stay fixed
+            previous = units
+        else:
+            assert int(masked.sum()) >= min(num_masked, 3)
+        if prompt is not None:
+            assert torch.equal(row[:, :n_prompt], prompt[:, stage])
+        changed = row != before
+        free = masked.clone()
+        free[:, :n_prompt] = True                                         # the prompt is written at step 0
+        assert not (changed & ~free).any(), (stage, i)
+        assert (row != mask).all()
+        before = row
+    assert (out != mask).all() and int(out.max()) < 512
 
 
 KEYS = None

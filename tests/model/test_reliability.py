@@ -98,12 +98,12 @@ def test_repeated_generation_does_not_grow_memory(model10):
     for _ in range(20):                     # warm up allocator and caches at the measured batch size
         model10.generate_tokens(["calm piano", None], seed=0, **steps)
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    caches = (len(model10.lm.masks._cache), len(model10.lm._pos))
+    caches = len(model10.lm.caches)
     for i in range(200):
         model10.generate_tokens(["calm piano", None], seed=i, **steps)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024
     assert grown_mb < 20, f"peak RSS grew by {grown_mb:.1f} MB over 200 generations"
-    assert (len(model10.lm.masks._cache), len(model10.lm._pos)) == caches     # no per-call cache growth
+    assert len(model10.lm.caches) == caches                             # no per-call cache growth
 
 
 @pytest.mark.parametrize("dtype, tol", [("bfloat16", 1e-2), ("float16", 2e-3)])

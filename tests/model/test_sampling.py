@@ -8,6 +8,7 @@ import torch
 
 from magnet_fast.kernels.sample import naive as S
 from magnet_fast.schedule import stage_steps
+from tests.sample_refs import select_stride1_loop
 
 
 def test_noise_race_is_torch_multinomial():
@@ -94,6 +95,6 @@ def test_stride1_vectorised_equals_binary_search(seed):
     for num_masked in sorted({1, 2, 3, 4, 7, T // 3, T // 2, T - seed * 3 - 1}):
         if num_masked > 0:
             assert torch.equal(S.select_stride1(scores, num_masked, 3),
-                               S.select_stride1_loop(scores, num_masked, 3)), num_masked
+                               select_stride1_loop(scores, num_masked, 3)), num_masked
     zeros = torch.zeros(2, T)                                    # step 0: all-zero scores, torch tie order
-    assert torch.equal(S.select_stride1(zeros, T, 3), S.select_stride1_loop(zeros, T, 3))
+    assert torch.equal(S.select_stride1(zeros, T, 3), select_stride1_loop(zeros, T, 3))

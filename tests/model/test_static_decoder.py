@@ -48,16 +48,20 @@ def test_fx_replay_matches_eager(model10, overrides, backend, sampler, n_prompt,
     for n, (texts, seed) in enumerate(calls):
         kv, lengths, prompt, gen = _inputs(model10, texts, seed, n_prompt, invariant)
         kv2, _, _, gen2 = _inputs(model10, texts, seed, n_prompt, invariant)
-        kw = {"prompt": prompt, "backend": backend, "cross_lengths": lengths, "sampler": sampler}
+        kw = {"prompt": prompt, "cross_lengths": lengths, "sampler": sampler}
         known = dict(cache)
-        got = decode(lm, kv, 2, 500, params, generator=gen, graphs="fx", cache=cache, **kw)
-        want = decode(lm, kv2, 2, 500, params, generator=gen2, **kw)
+        lm.set_attention(backend)
+        try:
+            got = decode(lm, kv, 2, 500, params, generator=gen, graphs="fx", cache=cache, **kw)
+            want = decode(lm, kv2, 2, 500, params, generator=gen2, **kw)
+        finally:
+            lm.set_attention("exact")
         assert torch.equal(got, want), f"call {n}"
         assert torch.equal(gen.get_state(), gen2.get_state()), "the RNG must advance exactly as in eager decoding"
         if prompt is not None:
             assert torch.equal(got[..., :n_prompt], prompt)
         key, decoder = next(reversed(cache.items()))
-        assert len(decoder._graphs) == sum(SHORT)                      # every step recorded once
+        assert len(decoder.recorded) == sum(SHORT)                     # every step recorded once
         replayed += key in known
     assert replayed >= 1 + (not invariant)              # call 3 (and call 2 unless invariant) were replays
     assert (got != lm.mask_id).all()
@@ -69,16 +73,10 @@ def _assert_recordings_read_only_long_lived_tensors(decoder):
     """What fx cannot show by replaying: a tensor made inside the step from host data (a host->device copy,
     illegal while a CUDA graph records) becomes a baked constant of the trace. Every constant a recording
     reads must be a buffer, weight or long-lived cache that exists outside the step."""
-    from magnet_fast import attention
     lm = decoder.lm
-    known = [decoder.seq, decoder.row, decoder.scores, decoder.noise, decoder.flag, decoder.prefix,
-             *[t for kv in decoder.kv for t in kv], *lm.parameters(), *lm.buffers(), *lm._pos.values(),
-             *[m for m in lm.masks._cache.values() if m is not None], *attention._BLOCK_MASKS.values(),
-             *decoder.fused.values(), *(decoder.coefs or []), *(decoder.temps or [])]
-    if decoder.prompt is not None:
-        known.append(decoder.prompt)
+    known = [*decoder.buffers(), *lm.parameters(), *lm.buffers(), *lm.caches.tensors()]
     storages = {t.untyped_storage().data_ptr() for t in known}
-    for (stage, i), traced in decoder._graphs.items():
+    for (stage, i), traced in decoder.recorded.items():
         for name in dir(traced):
             if name.startswith("_tensor_constant"):
                 const = getattr(traced, name)
@@ -114,7 +112,7 @@ def test_decoder_reuse_without_graphs(model10):
         if prompt is not None:
             assert torch.equal(got[..., :n_prompt], prompt)
     assert len(cache) == 2                                   # one per prompt length
-    assert list(cache)[-1][7] == 0                           # most recently used last
+    assert list(cache)[-1].n_prompt == 0                     # most recently used last
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -136,7 +134,7 @@ def test_graph_options_are_checked(model10):
     params = resolve_params(model10.config.generation, 4)
     with pytest.raises(ParameterError, match="CUDA graphs need a CUDA device"):
         model10.set_cuda_graphs(True)
-    with pytest.raises(ParameterError, match="True or False"):
+    with pytest.raises(ParameterError, match="True, False or 'auto'"):
         model10.set_cuda_graphs("yes")
     with pytest.raises(ParameterError, match="CUDA graphs need a CUDA device"):
         Decoder(model10.lm, 1, 500, params, graphs="cuda")
@@ -204,14 +202,35 @@ def test_api_graph_cache_eviction_and_rerecording(model10):
     model10.cuda_graphs, model10._graph_mode = True, "fx"      # the setter refuses CPU for real graphs
     try:
         got = [model10.generate_tokens(t, seed=1, **steps) for t in shapes]
-        assert len(model10._decoders) == model10.DECODER_CACHE_SIZE == 4
-        assert [k[3] for k in model10._decoders] == [2, 3, 4, 5]             # batch 1 was evicted
+        assert len(model10.decoders) == model10.decoders.capacity == 4
+        assert [k.batch for k in model10.decoders] == [2, 3, 4, 5]            # batch 1 was evicted
         again = model10.generate_tokens(shapes[0], seed=1, **steps)           # re-recorded
-        assert [k[3] for k in model10._decoders] == [3, 4, 5, 1]
+        assert [k.batch for k in model10.decoders] == [3, 4, 5, 1]
         replay = model10.generate_tokens(shapes[0], seed=1, **steps)          # replayed
     finally:
         model10.cuda_graphs, model10._graph_mode = False, "cuda"
         model10.clear_cuda_graphs()
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     assert torch.equal(again, want[0]) and torch.equal(replay, want[0])
-    assert len(model10._decoders) == 0
+    assert len(model10.decoders) == 0
+
+
+def test_auto_graph_policy_records_a_shape_on_its_second_call(model10):
+    """cuda_graphs='auto' (the CUDA default; fx stand-in here): a shape's first call runs eagerly and caches
+    nothing, the second records, the third replays; every call gives the eager tokens."""
+    steps = {"decoding_steps": [2, 1, 1, 1]}
+    want = model10.generate_tokens(["calm piano", None], seed=3, **steps)
+    model10.cuda_graphs, model10._graph_mode = "auto", "fx"
+    try:
+        first = model10.generate_tokens(["calm piano", None], seed=3, **steps)
+        assert len(model10.decoders) == 0 and model10.decoders.recorded_steps() == 0
+        second = model10.generate_tokens(["piano calm", None], seed=3, **steps)     # same shape: records
+        assert len(model10.decoders) == 1 and model10.decoders.recorded_steps() == 5 + 1
+        third = model10.generate_tokens(["calm piano", None], seed=3, **steps)      # replays
+        other = model10.generate_tokens(["calm piano"], seed=3, **steps)            # a new shape: eager
+        assert len(model10.decoders) == 1
+    finally:
+        model10.cuda_graphs, model10._graph_mode = False, "cuda"
+        model10.clear_cuda_graphs()
+    assert torch.equal(first, want) and torch.equal(third, want) and not torch.equal(second, want)
+    assert other.shape[0] == 1

@@ -1,5 +1,5 @@
 """Convert an audiocraft MAGNeT export (state_dict.bin [+ compression_state_dict.bin]) to
-config.json + model.safetensors.
+config.json + model.safetensors (see docs/DESIGN.md, Conversion).
 
 Strict by construction: every source key is mapped through an explicit template, every template key
 must be present, every shape is checked against the geometry read from ``xp.cfg``. Pickles are read with
@@ -16,10 +16,10 @@ import yaml
 from safetensors.torch import save_file
 
 from magnet_fast._io import atomic_dir, load_pickle_safely
-from magnet_fast.codec import convert_codec
 from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
+from magnet_fast.convert.codec import convert_codec
+from magnet_fast.convert.xpcfg import XpConfig
 from magnet_fast.errors import CheckpointError, ConfigError
-from magnet_fast.xpcfg import XpConfig
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -114,7 +114,7 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     if t5_name in T5_WIDTHS and proj.shape[1] != T5_WIDTHS[t5_name]:
         raise CheckpointError(f"{where}: {T5_PROJ}.weight has shape {list(proj.shape)}, but {t5_name} "
                               f"outputs width {T5_WIDTHS[t5_name]}; the weights and xp.cfg do not belong together")
-    # audiocraft's loader overwrites these three from other sections (MAGNET_SPEC §1.3)
+    # audiocraft's loader overwrites these three from other sections (see docs/DESIGN.md, Conversion)
     cfg = MagnetConfig(
         dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
         card=int(lm["card"]), n_q=int(lm["n_q"]), hidden_scale=int(lm.get("hidden_scale", 4)),
