@@ -4,6 +4,7 @@ resolver of local-folder / Hugging Face-cache sources (``resolve_pretrained``) u
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.errors import CheckpointError
+from magnet_fast.errors import CheckpointError, MagnetFastError
 
 
 def load_pickle_safely(path: Path) -> object:
@@ -32,17 +33,86 @@ def load_pickle_safely(path: Path) -> object:
                               "or corrupted: download it again") from None
 
 
+class WriteError(MagnetFastError, OSError):
+    """An output could not be written (disk full, read-only or missing folder); nothing partial is left."""
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An OSError (errno 28 / quota) or a library error that wraps one (safetensors, libsndfile)."""
+    if isinstance(e, OSError) and e.errno in _FULL:
+        return True
+    text = str(e)
+    return "No space left on device" in text or "StorageFull" in text or "os error 28" in text
+
+
+def write_error(e: BaseException, path: Path) -> WriteError:
+    """The one-line WriteError for a failed write of ``path``."""
+    if _disk_full(e):
+        return WriteError(f"cannot write {path}: no space left on device; free space or choose another "
+                          "output location")
+    reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return WriteError(f"cannot write {path} ({reason}); choose another output location")
+
+
+CONVERTED_ENTRIES = {"config.json", "model.safetensors", "codec", "t5"}
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise CheckpointError unless ``out`` is recognisably a converted model folder (what overwrite may
+    replace): config.json in the magnet_fast format, model.safetensors, optionally codec/ and t5/, nothing
+    else. Anything else (a file, a folder of photos, an audiocraft export) is left untouched."""
+    import json
+
+    from magnet_fast.config import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+    if not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a folder; refusing to replace it with a converted "
+                              "model: choose another output folder")
+    names = {p.name for p in out.iterdir()}
+    other = sorted(names - CONVERTED_ENTRIES)
+    try:
+        fmt = json.loads((out / CONFIG_NAME).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if other or fmt != FORMAT or not (out / WEIGHTS_NAME).is_file():
+        why = (f"it holds other files ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''})" if other
+               else f"it has no {CONFIG_NAME} in the {FORMAT} format plus {WEIGHTS_NAME}")
+        raise CheckpointError(f"{out} exists and is not a converted model folder ({why}); overwrite (--force) "
+                              "only replaces a folder written by `magnet-fast convert`: choose another "
+                              "output folder")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """An existing ``out`` needs ``overwrite`` and must be a converted model folder (CheckpointError)."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise CheckpointError(f"{out} already exists; choose another output folder or pass overwrite "
+                                  "(CLI: --force)")
+        check_replaceable(out)
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path, overwrite: bool = False):
-    """Yield a temporary sibling folder; on success it replaces ``out`` in one rename, else vanishes."""
+    """Yield a temporary sibling folder; on success it replaces ``out`` in one rename, else vanishes.
+    ``overwrite`` replaces only a converted model folder (``check_replaceable``)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists; choose another output folder or pass overwrite "
-                              "(CLI: --force)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    check_output_dir(out, overwrite)
+    created = _make_parents(out)
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        _remove_empty(created)
+        raise write_error(e, out) from None
+    try:
+        try:
+            yield tmp
+        except Exception as e:
+            if _disk_full(e):
+                raise write_error(e, out) from None
+            raise
         mask = _umask()                                   # mkdtemp/mkstemp/safetensors make 0o700/0o600
         for path in [tmp, *tmp.rglob("*")]:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
@@ -60,6 +130,30 @@ def atomic_dir(out: Path, overwrite: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():
+            _remove_empty(created)
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent folders; return them (outermost first) for ``_remove_empty``."""
+    missing, folder = [], Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_empty(missing)
+        raise write_error(e, path) from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this module created, innermost first, where they are still empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _umask() -> int:
@@ -74,24 +168,42 @@ def default_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path):
+def atomic_file(path: Path, make_parents: bool = False):
     """Yield a temporary sibling path to write ``path``'s content to; on success it replaces ``path`` in one
-    rename (with the mode open() would give a new file), else vanishes: readers never see a partial file."""
+    rename (with the mode open() would give a new file), else vanishes: readers never see a partial file.
+    ``make_parents`` creates missing folders (removed again if the write fails). A failed write (disk full,
+    unwritable folder) is a WriteError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
+    created = _make_parents(path) if make_parents else []
     try:
-        yield tmp
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as e:
+        _remove_empty(created)
+        raise write_error(e, path) from None
+    os.close(fd)
+    done = False
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
+            done = True
+        except OSError as e:
+            raise write_error(e, path) from None
+        except Exception as e:
+            if _disk_full(e):
+                raise write_error(e, path) from None
+            raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if not done:
+            _remove_empty(created)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, make_parents: bool = False) -> None:
     """Write a file through a temporary sibling and a rename: readers never see a partial file."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path, make_parents) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 

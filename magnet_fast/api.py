@@ -15,6 +15,7 @@ from magnet_fast.inputs import (
     check_descriptions,
     check_device,
     check_dtype,
+    check_flag,
     check_generator,
     check_max_batch,
     check_prompt,
@@ -214,6 +215,7 @@ class MagnetFast:
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
+        batch_invariant = check_flag(batch_invariant, "batch_invariant")
         seeds = check_seed(seed, len(descriptions))
         if seeds is None and batch_invariant:     # one base seed from the caller's (or the global) RNG
             seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())]
@@ -240,7 +242,8 @@ class MagnetFast:
 
     def params(self, **overrides) -> SamplingParams:
         """This model's defaults overridden by the non-None ``overrides``, validated (ParameterError)."""
-        return resolve_params(self.config.generation, self.config.n_q, self.config.card, **overrides)
+        return resolve_params(self.config.generation, self.config.n_q, self.config.card,
+                              frames=self.config.frames, span_len=self.config.span_len, **overrides)
 
     def _decode(self, descriptions, params: SamplingParams, prompt, generator, progress: bool,
                 batch_invariant: bool = False, on_step=None) -> torch.Tensor:

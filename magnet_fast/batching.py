@@ -69,6 +69,18 @@ def streams(seeds: list[int] | None, per_row: bool, device: torch.device):
     return make
 
 
+_CPU_ALLOC_FAILURES = ("can't allocate memory", "not enough memory", "failed to allocate memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the plain RuntimeError a CPU allocation failure raises
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ...")."""
+    if isinstance(e, OUT_OF_MEMORY):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(m in text for m in _CPU_ALLOC_FAILURES)
+
+
 def decode_in_chunks(run_chunk, n: int, max_batch: int | None, *, device: torch.device, invariant: bool,
                      on_retry=None) -> list:
     """``run_chunk(slice)`` over chunks of at most ``max_batch`` rows (all rows when None), in order.
@@ -83,7 +95,9 @@ def decode_in_chunks(run_chunk, n: int, max_batch: int | None, *, device: torch.
             for start in range(0, n, size):
                 out.append(run_chunk(slice(start, start + size)))
             return out
-        except OUT_OF_MEMORY:
+        except RuntimeError as e:                           # OutOfMemoryError is one; CPU's is a plain one
+            if not is_out_of_memory(e):
+                raise
             failed = min(size, n - start)                   # the chunk that did not fit
         out = None          # cleanup outside the except block: its traceback pinned the failed frames
         if on_retry is not None:

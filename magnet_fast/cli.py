@@ -15,6 +15,17 @@ class UsageError(Exception):
     """A command-line mistake (bad flag value, unreadable prompts file, ...)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the documented error contract: one ``magnet-fast: error: ...`` line, exit code 2 (no
+    usage block). Subparsers inherit the class (add_subparsers' default parser_class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"magnet-fast: error: {message}\n")
+
+
+JSONL_KEYS = ("description", "text")
+
+
 def _int_list(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -49,10 +60,7 @@ def read_prompts(args) -> list[str | None]:
                     item = json.loads(line)
                 except json.JSONDecodeError:
                     raise UsageError(f"{path}:{n} is not valid JSON") from None
-                text = item.get("description", item.get("text")) if isinstance(item, dict) else item
-                if text is not None and not isinstance(text, str):
-                    raise UsageError(f"{path}:{n} needs a string 'description'")
-                prompts.append(text)
+                prompts.append(_jsonl_prompt(item, f"{path}:{n}"))
             else:
                 prompts.append(line.strip())
     if args.unconditional:
@@ -64,6 +72,26 @@ def read_prompts(args) -> list[str | None]:
     return prompts
 
 
+def _jsonl_prompt(item, where: str) -> str | None:
+    """One .jsonl line -> a prompt: a JSON string, or an object with 'description' (or 'text'), whose
+    null value means an unconditional row. Anything else (a typo'd key, a bare null) is refused."""
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, dict):
+        raise UsageError(f"{where} must be a JSON object {{\"description\": \"...\"}} (or a JSON string), got "
+                         f"{json.dumps(item)}")
+    unknown = sorted(set(item) - set(JSONL_KEYS))
+    if unknown:
+        raise UsageError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are "
+                         f"{' and '.join(map(repr, JSONL_KEYS))}")
+    if not item:
+        raise UsageError(f"{where} is an empty object; give it a 'description' (null for unconditional)")
+    text = item.get("description", item.get("text"))
+    if text is not None and not isinstance(text, str):
+        raise UsageError(f"{where} needs a string 'description'")
+    return text
+
+
 def generation_overrides(args) -> dict:
     """CLI flags -> generate_tokens keywords (None = the model's default). Only parsing and flag rules
     here; the values are checked by magnet_fast.params.resolve_params, like every API call's."""
@@ -73,9 +101,9 @@ def generation_overrides(args) -> dict:
         if args.top_p is not None:
             raise UsageError("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
         params["top_p"] = 0.0                       # otherwise the model's default top_p would win
-    if args.steps:
+    if args.steps is not None:
         params["decoding_steps"] = _int_list(args.steps, "--steps")
-    if args.cfg:
+    if args.cfg is not None:
         params["max_cfg_coef"], params["min_cfg_coef"] = _float_pair(args.cfg, "--cfg")
     if args.stride1:
         params["span_arrangement"] = "stride1"
@@ -88,15 +116,20 @@ def generation_overrides(args) -> dict:
 
 def cmd_generate(args) -> int:
     from magnet_fast import MagnetFast
-    from magnet_fast.audio import check_writable, output_paths, write_wav
+    from magnet_fast.audio import audio_info, check_writable, output_paths, write_wav
     from magnet_fast.config import MagnetConfig
+    from magnet_fast.inputs import check_max_batch
     from magnet_fast.params import check_seed, resolve_params
     prompts = read_prompts(args)
     params = generation_overrides(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
     cfg = MagnetConfig.load(model_dir)
-    resolve_params(cfg.generation, cfg.n_q, cfg.card, **params)   # every value checked before loading
+    resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len,
+                   **params)                                   # every value checked before loading
     check_seed(args.seed)
+    check_max_batch(args.max_batch)
+    if args.prompt_audio:
+        audio_info(args.prompt_audio, cfg.segment_duration)      # kind and length from the header
     out = Path(args.out) if args.out else None
     if args.tokens_only:
         paths = [out if out is not None and out.suffix == ".safetensors"
@@ -122,7 +155,7 @@ def cmd_generate(args) -> int:
         from safetensors.torch import save as save_bytes
 
         from magnet_fast._io import atomic_write_bytes
-        atomic_write_bytes(paths[0], save_bytes({"tokens": tokens.cpu().contiguous()}))
+        atomic_write_bytes(paths[0], save_bytes({"tokens": tokens.cpu().contiguous()}), make_parents=True)
         print(f"wrote {paths[0]}: tokens {list(tokens.shape)} in {time.perf_counter() - t0:.2f} s "
               f"on {model.device}")
         return 0
@@ -139,7 +172,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from magnet_fast._io import check_output_dir
     from magnet_fast.convert import convert
+    check_output_dir(Path(args.out), args.force)     # before reading a multi-GB checkpoint (convert re-checks)
     t0 = time.perf_counter()
     out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.force)
     print(f"converted {args.src} -> {out} in {time.perf_counter() - t0:.1f} s")
@@ -186,7 +221,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="magnet-fast", description="Fast, faithful MAGNeT inference.")
+    p = _Parser(prog="magnet-fast", description="Fast, faithful MAGNeT inference.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text -> WAV (one file per prompt)")
     g.add_argument("prompts", nargs="*", help="text descriptions")

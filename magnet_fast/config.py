@@ -3,16 +3,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from magnet_fast.errors import ConfigError, ParameterError
-from magnet_fast.params import SPAN_ARRANGEMENTS, SPAN_SCORINGS, SamplingParams, validate  # noqa: F401
+from magnet_fast.params import (  # noqa: F401
+    MAX_FRAMES,
+    MAX_SEGMENT_S,
+    SPAN_ARRANGEMENTS,
+    SPAN_SCORINGS,
+    SamplingParams,
+    validate,
+)
 
 FORMAT = "magnet_fast/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 GenerationDefaults = SamplingParams    # a model's decoding defaults (config.json "generation")
+# Geometry bounds (docs/DESIGN.md, "Bounds checked before work"); released: 24/48 layers, 4 codebooks
+MAX_LAYERS = 1024
+MAX_CODEBOOKS = 64
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,8 @@ class MagnetConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {unknown}; was it written by a newer magnet_fast?")
         try:
-            if "decoding_steps" in gen:
-                gen["decoding_steps"] = tuple(int(s) for s in gen["decoding_steps"])
+            if "decoding_steps" in gen:          # validate checks each entry (no int(): 1e20, true refused)
+                gen["decoding_steps"] = tuple(gen["decoding_steps"])
             cfg = cls(generation=GenerationDefaults(**gen), **d)
             cfg.validate(where)
         except (TypeError, ValueError) as e:
@@ -115,13 +126,25 @@ class MagnetConfig:
             raise bad(f"dim {self.dim} must be even (sinusoidal positions)")
         if not isinstance(self.subcodes_context, int) or self.subcodes_context < -1:
             raise bad(f"subcodes_context must be an integer >= -1, got {self.subcodes_context!r}")
-        for name in ("segment_duration", "max_period", "positional_scale", "norm_eps"):
+        for name, most in (("num_layers", MAX_LAYERS), ("n_q", MAX_CODEBOOKS)):
+            if getattr(self, name) > most:
+                raise bad(f"{name} {getattr(self, name)} is over the {most} this runtime accepts")
+        for name, positive in (("segment_duration", True), ("max_period", True), ("positional_scale", False),
+                               ("norm_eps", True)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise bad(f"{name} must be a number, got {v!r}")
-        if not self.segment_duration > 0 or self.frames < self.span_len:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(f"{name} must be a finite number, got {v!r}")
+            if positive and not v > 0:
+                raise bad(f"{name} must be > 0, got {v!r}")
+        if self.segment_duration > MAX_SEGMENT_S:
+            raise bad(f"segment_duration {self.segment_duration} s is over the {MAX_SEGMENT_S:g} s bound "
+                      "(released MAGNeT models are 10 s and 30 s)")
+        if self.frames > MAX_FRAMES:
+            raise bad(f"segment_duration {self.segment_duration} s at {self.frame_rate} Hz is {self.frames} "
+                      f"frames, over the {MAX_FRAMES}-frame bound")
+        if self.frames < self.span_len:
             raise bad(f"segment_duration {self.segment_duration} gives too few frames")
         try:                               # the same checks as every call's parameters
-            validate(self.generation, self.n_q, self.card)
+            validate(self.generation, self.n_q, self.card, frames=self.frames, span_len=self.span_len)
         except ParameterError as e:
             raise bad(f"generation: {e}") from None

@@ -50,8 +50,11 @@ def check_prompt(prompt, batch: int, n_q: int, card: int, frames: int, device) -
     """Prompt tokens [B, n_q, P] with 0 < P < frames and ids in [0, card) -> long tensor on ``device``."""
     if prompt is None:
         return None
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 3 or prompt.is_floating_point():
-        raise ParameterError("prompt must be an integer tensor [B, n_q, P] of codec tokens")
+    if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 3 or prompt.is_floating_point()
+            or prompt.is_complex() or prompt.dtype == torch.bool):
+        got = (f"a {prompt.dtype} tensor of shape {list(prompt.shape)}" if isinstance(prompt, torch.Tensor)
+               else type(prompt).__name__)
+        raise ParameterError(f"prompt must be an integer tensor [B, n_q, P] of codec tokens, got {got}")
     b, k, p = prompt.shape
     if b != batch or k != n_q:
         raise ParameterError(f"prompt has shape {list(prompt.shape)}; expected [{batch}, {n_q}, P] for "
@@ -59,9 +62,18 @@ def check_prompt(prompt, batch: int, n_q: int, card: int, frames: int, device) -
     if not 0 < p < frames:
         raise ParameterError(f"prompt length {p} frames must be in 1..{frames - 1} (the model generates "
                              f"{frames} frames)")
-    if prompt.min() < 0 or prompt.max() >= card:
-        raise ParameterError(f"prompt tokens must be in [0, {card})")
-    return prompt.to(device=device, dtype=torch.long)
+    prompt = prompt.to(dtype=torch.long)          # any integer dtype; compared in int64, not in int8/uint8
+    lo, hi = int(prompt.min()), int(prompt.max())
+    if lo < 0 or hi >= card:
+        raise ParameterError(f"prompt tokens must be in [0, {card}), got values in [{lo}, {hi}]")
+    return prompt.to(device=device)
+
+
+def check_flag(value, name: str) -> bool:
+    """A real bool (True/False): a string such as "no" or "false" would otherwise switch a mode on."""
+    if not isinstance(value, bool):
+        raise ParameterError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_generator(generator, device: torch.device):
@@ -82,7 +94,7 @@ def prompt_audio_tensor(prompt_audio, batch: int, sample_rate: int | None, durat
     sample rate), checked: finite, shorter than the model's duration, one row or one per description."""
     from magnet_fast.audio import read_audio
     if isinstance(prompt_audio, (str, Path)):
-        wav, sample_rate = read_audio(prompt_audio)
+        wav, sample_rate = read_audio(prompt_audio, max_seconds=duration)   # length from the header first
     elif isinstance(prompt_audio, torch.Tensor):
         if sample_rate is None:
             raise ParameterError("a tensor prompt_audio needs prompt_sample_rate")

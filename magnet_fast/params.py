@@ -7,12 +7,17 @@ API, the CLI and config.json validation all go through it (docs/DESIGN.md, Decod
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, fields, replace
 
 from magnet_fast.errors import ParameterError
 
 SPAN_ARRANGEMENTS = ("nonoverlap", "stride1")
 SPAN_SCORINGS = ("max", "prod")
+# The most frames any model may generate (config.json bound, docs/DESIGN.md "Bounds checked before work"):
+# 120 s at 100 Hz; the released models have 500 (10 s) and 1500 (30 s) frames at 50 Hz.
+MAX_SEGMENT_S = 120.0
+MAX_FRAMES = 12_000
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,26 @@ def _number(name: str, v, lo=None, hi=None, lo_open: bool = False, integer: bool
         raise ParameterError(f"{name} must be <= {hi}, got {v!r}")
 
 
-def validate(p: SamplingParams, n_q: int, card: int | None = None) -> SamplingParams:
-    """Check every value of ``p``; returns it with decoding_steps as a tuple. ParameterError otherwise."""
+def _step(s, i: int) -> int:
+    """One decoding_steps entry as an int: ints and integer-like types (numpy ints) pass; bools, floats
+    (even integral ones like 1e20) and anything else are refused."""
+    if isinstance(s, bool) or type(s).__name__ == "bool_" or isinstance(s, float):
+        raise ParameterError(f"decoding_steps must be whole numbers (integers), got {s!r} "
+                             f"({type(s).__name__}) for codebook {i}")
+    try:
+        return operator.index(s)
+    except TypeError:
+        raise ParameterError(f"decoding_steps must be whole numbers (integers), got {s!r} "
+                             f"({type(s).__name__}) for codebook {i}") from None
+
+
+def validate(p: SamplingParams, n_q: int, card: int | None = None, *, frames: int | None = None,
+             span_len: int = 1) -> SamplingParams:
+    """Check every value of ``p``; returns it with decoding_steps as a tuple of ints. ParameterError otherwise.
+
+    frames, span_len: the model's geometry (``MagnetConfig.frames`` / ``span_len``). Given, no stage may
+    take more steps than it has units to unmask (frames // span_len spans for 'nonoverlap', frames tokens
+    for 'stride1'); not given, steps are bounded by MAX_FRAMES (no model has more units than that)."""
     _number("temperature", p.temperature, 0.0)
     _number("top_p", p.top_p, 0.0, 1.0)                 # 0 switches top-p off
     _number("top_k", p.top_k, 0, integer=True)          # 0 switches top-k off
@@ -58,12 +81,23 @@ def validate(p: SamplingParams, n_q: int, card: int | None = None) -> SamplingPa
     steps = p.decoding_steps
     if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__"):
         raise ParameterError(f"decoding_steps must be a list of {n_q} positive integers, got {steps!r}")
-    steps = tuple(steps)
-    if len(steps) != n_q or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+    steps = tuple(_step(s, i) for i, s in enumerate(steps))
+    if len(steps) != n_q or any(s < 1 for s in steps):
         raise ParameterError(f"decoding_steps must be {n_q} positive integers (one per codebook), "
                              f"got {list(steps)}")
     if p.span_arrangement not in SPAN_ARRANGEMENTS:
         raise ParameterError(f"span_arrangement must be one of {SPAN_ARRANGEMENTS}, got {p.span_arrangement!r}")
+    if frames is None:            # no geometry given: the bound no model can exceed
+        units, what = MAX_FRAMES, f"the {MAX_FRAMES}-frame limit of any model"
+    else:
+        unit = span_len if span_len > 1 and p.span_arrangement == "nonoverlap" else 1
+        units = max(1, frames // unit)
+        what = (f"{units} spans of {unit} frames" if unit > 1 else f"{units} frames") + \
+            f" ({p.span_arrangement}, {frames} frames)"
+    worst = max(steps, default=0)
+    if worst > units:
+        raise ParameterError(f"decoding_steps {list(steps)}: a stage cannot take more steps than it has units "
+                             f"to unmask ({what}); got {worst}")
     if p.span_scoring not in SPAN_SCORINGS:
         raise ParameterError(f"span_scoring must be one of {SPAN_SCORINGS}, got {p.span_scoring!r}")
     for flag in ("use_sampling", "anneal_temp"):
@@ -72,13 +106,15 @@ def validate(p: SamplingParams, n_q: int, card: int | None = None) -> SamplingPa
     return replace(p, decoding_steps=steps)
 
 
-def resolve_params(defaults: SamplingParams, n_q: int, card: int | None = None, **overrides) -> SamplingParams:
-    """``defaults`` overridden by the non-None ``overrides``, validated (``card`` bounds top_k)."""
+def resolve_params(defaults: SamplingParams, n_q: int, card: int | None = None, *, frames: int | None = None,
+                   span_len: int = 1, **overrides) -> SamplingParams:
+    """``defaults`` overridden by the non-None ``overrides``, validated (``card`` bounds top_k; ``frames``
+    and ``span_len``, the model's geometry, bound decoding_steps: see ``validate``)."""
     unknown = sorted(set(overrides) - set(NAMES))
     if unknown:
         raise ParameterError(f"unknown generation parameter(s) {unknown}; known: {sorted(NAMES)}")
     p = replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
-    return validate(p, n_q, card)
+    return validate(p, n_q, card, frames=frames, span_len=span_len)
 
 
 def check_seed(seed, n_rows: int | None = None) -> list[int] | None:

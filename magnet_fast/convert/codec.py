@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 
 from magnet_fast._io import load_pickle_safely
-from magnet_fast.convert.xpcfg import XpConfig
+from magnet_fast.convert.xpcfg import XpConfig, load_xp_yaml
+from magnet_fast.convert.zipcheck import check_zip_sizes
 from magnet_fast.errors import CheckpointError, ConfigError
 
 KNOWN_POINTERS = {"facebook/encodec_32khz": (32000, 50), "facebook/encodec_24khz": (24000, 75)}
@@ -96,10 +96,7 @@ def encodec_config_from_xp(xp: dict | str):
     from transformers import EncodecConfig
 
     if isinstance(xp, str):
-        try:
-            xp = yaml.safe_load(xp)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"compression xp.cfg is not valid YAML ({e})") from None
+        xp = load_xp_yaml(xp, "compression xp.cfg")
     if not isinstance(xp, dict):
         raise ConfigError("compression xp.cfg is not a mapping")
     x = XpConfig(xp, "compression xp.cfg")
@@ -281,6 +278,7 @@ def convert_codec(src_file: Path, out_dir: Path) -> dict:
 
     hf_logging.disable_progress_bar()
     src_file, out_dir = Path(src_file), Path(out_dir)
+    check_zip_sizes(src_file)
     pkg = load_pickle_safely(src_file)
     if not isinstance(pkg, dict):
         raise CheckpointError(f"{src_file}: expected a dict, got {type(pkg).__name__}")

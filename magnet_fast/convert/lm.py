@@ -12,13 +12,13 @@ import hashlib
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from magnet_fast._io import atomic_dir, load_pickle_safely
 from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
 from magnet_fast.convert.codec import convert_codec
-from magnet_fast.convert.xpcfg import XpConfig
+from magnet_fast.convert.xpcfg import XpConfig, load_xp_yaml
+from magnet_fast.convert.zipcheck import check_zip_sizes
 from magnet_fast.errors import CheckpointError, ConfigError
 
 LM_FILE = "state_dict.bin"
@@ -30,6 +30,7 @@ REQUIRED_LM = {"causal": False, "norm_first": True, "bias_ff": False, "bias_attn
                "norm": "layer_norm", "kv_repeat": 1, "qk_layer_norm": False, "layer_scale": None,
                "xpos": False, "two_step_cfg": False}
 
+_REQUIRED = object()
 T5_PROJ = "condition_provider.conditioners.description.output_proj"
 # d_model of the T5 encoders audiocraft's T5Conditioner accepts (its MODELS_DIMS)
 T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
@@ -81,20 +82,24 @@ def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
 
 
 def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
-    try:
-        xp = yaml.safe_load(xp_yaml)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: xp.cfg is not valid YAML ({e})") from None
+    xp = load_xp_yaml(xp_yaml, f"{where}: xp.cfg")
     if not isinstance(xp, dict):
         raise ConfigError(f"{where}: xp.cfg is not a mapping")
     if xp.get("lm_model") != "transformer_lm_magnet":
         raise ConfigError(f"{where}: lm_model is {xp.get('lm_model')!r}, not 'transformer_lm_magnet': "
                           "this converter handles MAGNeT checkpoints only")
     cfgx = XpConfig(xp, f"{where}: xp.cfg")
-    lm = cfgx.get("transformer_lm")
+    if not isinstance(cfgx._lookup("transformer_lm", None), dict):   # _lookup: nothing resolved yet
+        raise ConfigError(f"{where}: xp.cfg has no 'transformer_lm' section")
+
+    def lm(key: str, default=_REQUIRED):          # only the keys the converter needs are resolved
+        value = cfgx.get(f"transformer_lm.{key}", default)
+        if value is _REQUIRED:
+            raise KeyError(key)
+        return value
     for key, want in REQUIRED_LM.items():
-        if lm.get(key, want) != want:
-            raise ConfigError(f"{where}: transformer_lm.{key} = {lm.get(key)!r} is not supported "
+        if lm(key, want) != want:
+            raise ConfigError(f"{where}: transformer_lm.{key} = {lm(key, want)!r} is not supported "
                               f"(released MAGNeT models use {want!r})")
     if cfgx.get("conditioners.description.model") != "t5":
         raise ConfigError(f"{where}: only T5 text conditioning ('description') is supported")
@@ -114,19 +119,42 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     if t5_name in T5_WIDTHS and proj.shape[1] != T5_WIDTHS[t5_name]:
         raise CheckpointError(f"{where}: {T5_PROJ}.weight has shape {list(proj.shape)}, but {t5_name} "
                               f"outputs width {T5_WIDTHS[t5_name]}; the weights and xp.cfg do not belong together")
+    n_q, num_layers = int(lm("n_q")), int(lm("num_layers"))
+    check_counts(best_state, n_q, num_layers, where)      # before anything sized by them is built
     # audiocraft's loader overwrites these three from other sections (see docs/DESIGN.md, Conversion)
     cfg = MagnetConfig(
-        dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
-        card=int(lm["card"]), n_q=int(lm["n_q"]), hidden_scale=int(lm.get("hidden_scale", 4)),
-        subcodes_context=int(lm.get("subcodes_context", 5)), span_len=int(cfgx.get("masking.span_len")),
+        dim=int(lm("dim")), num_heads=int(lm("num_heads")), num_layers=num_layers,
+        card=int(lm("card")), n_q=n_q, hidden_scale=int(lm("hidden_scale", 4)),
+        subcodes_context=int(lm("subcodes_context", 5)), span_len=int(cfgx.get("masking.span_len")),
         frame_rate=50, segment_duration=float(cfgx.get("dataset.segment_duration")),
-        max_period=float(lm.get("max_period", 10000)), positional_scale=float(lm.get("positional_scale", 1.0)),
+        max_period=float(lm("max_period", 10000)), positional_scale=float(lm("positional_scale", 1.0)),
         t5_name=t5_name, t5_dim=int(proj.shape[1]),
         sample_rate=int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000,
-        generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[: int(lm["n_q"])]
-                                      + (10,) * max(0, int(lm["n_q"]) - 4)))
+        generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[:n_q] + (10,) * max(0, n_q - 4)))
     cfg.validate(where)
     return cfg
+
+
+def check_counts(best_state: dict, n_q: int, num_layers: int, where: str) -> None:
+    """The codebook and layer counts xp.cfg claims against the keys best_state holds (cheap: no tensor
+    touched, nothing sized by the claim built); CheckpointError naming the mismatch."""
+    layers, embs = set(), set()
+    for key in best_state:
+        parts = str(key).split(".")
+        if parts[:2] == ["transformer", "layers"] and len(parts) > 2 and parts[2].isdigit():
+            layers.add(int(parts[2]))
+        elif parts[0] == "emb" and len(parts) == 3 and parts[1].isdigit():
+            embs.add(int(parts[1]))
+    for name, claimed, found, what in (("num_layers", num_layers, layers, "transformer.layers.<i>"),
+                                       ("n_q", n_q, embs, "emb.<k>.weight")):
+        if len(found) != claimed or (found and (min(found) != 0 or max(found) != claimed - 1)):
+            # name a few missing keys when the claim is small enough to enumerate (never sized by the claim)
+            missing = [what.replace("<i>", str(i)).replace("<k>", str(i))
+                       for i in range(min(claimed, 4096)) if i not in found][:3]
+            raise CheckpointError(f"{where}: xp.cfg says transformer_lm.{name} = {claimed} but best_state "
+                                  f"holds {what} for {len(found)} (indices {sorted(found)[:3]}...{sorted(found)[-3:]}"
+                                  f"{'; missing ' + ', '.join(missing) if missing else ''}); "
+                                  "the weights and xp.cfg do not belong together")
 
 
 def _sha256(path: Path) -> str:
@@ -186,6 +214,7 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
                               "would replace the checkpoint: choose a separate output folder")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_zip_sizes(lm_path)                  # a compressed storage would inflate inside torch.load
     pkg = load_pickle_safely(lm_path)
     if not isinstance(pkg, dict) or not isinstance(pkg.get("xp.cfg"), str) or not isinstance(
             pkg.get("best_state"), dict):

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.gpu
 def cuda_models(ref10, tmp_path_factory):
     out = mf.convert(ref10.checkpoint, tmp_path_factory.mktemp("gpu") / "m")
     t5 = ref10.folder / "t5_tiny"
-    return (mf.MagnetFast.from_pretrained(out, device="cuda", t5=t5),
-            mf.MagnetFast.from_pretrained(out, device="cuda", dtype="float32", t5=t5))
+    # eager baselines: graphs only where a test switches them on (the CUDA default is "auto")
+    return (mf.MagnetFast.from_pretrained(out, device="cuda", t5=t5, cuda_graphs=False),
+            mf.MagnetFast.from_pretrained(out, device="cuda", dtype="float32", t5=t5, cuda_graphs=False))
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "triton", "windowed"])
@@ -57,7 +58,7 @@ def test_cuda_graph_replay_equals_eager(cuda_models, backend, sampler):
         bf16.set_cuda_graphs(True)
         got = [bf16.generate_tokens(t, seed=s, **steps) for t, s in calls]
         replay = bf16.generate_tokens(calls[0][0], seed=calls[0][1], **steps)
-        assert len(bf16._decoders) == 1 and len(next(iter(bf16._decoders.values()))._graphs) == 10
+        assert len(bf16.decoders) == 1 and len(next(iter(bf16.decoders.values())).recorded) == 10
     finally:
         bf16.set_cuda_graphs(False)
         bf16.clear_cuda_graphs()
@@ -95,7 +96,7 @@ def test_cuda_graphs_with_prompt_invariant_rows_and_a_short_last_chunk(cuda_mode
     bf16.set_cuda_graphs(True)
     try:
         got = [bf16.generate_tokens(texts, **kw) for _ in range(2)]          # record, then replay
-        assert len(bf16._decoders) == 2                                      # chunks of 2 and 1
+        assert len(bf16.decoders) == 2                                       # chunks of 2 and 1
     finally:
         bf16.set_cuda_graphs(False)
         bf16.clear_cuda_graphs()
@@ -122,8 +123,8 @@ def head_dim_64_models(tmp_path_factory):
     folder.mkdir()
     save_file(state, str(folder / "model.safetensors"))
     cfg.save(folder)
-    return (mf.MagnetFast.from_pretrained(folder, device="cuda", t5=T5_TINY),
-            mf.MagnetFast.from_pretrained(folder, device="cuda", dtype="float32", t5=T5_TINY))
+    return (mf.MagnetFast.from_pretrained(folder, device="cuda", t5=T5_TINY, cuda_graphs=False),
+            mf.MagnetFast.from_pretrained(folder, device="cuda", dtype="float32", t5=T5_TINY, cuda_graphs=False))
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "triton", "windowed"])
@@ -156,4 +157,20 @@ def test_cuda_head_dim_64_graphs_triton_fused_equal_eager(head_dim_64_models):
         bf16.set_sampler("torch")
         bf16.set_attention("sdpa")
     assert want.shape[:2] == (2, 4) and want.shape[2] >= 498 and int(want.max()) < 2048
+    assert all(torch.equal(g, want) for g in got)
+
+
+def test_cuda_auto_graph_policy(cuda_models):
+    """The CUDA default "auto": first call of a shape eager (nothing cached), second records, third replays;
+    all equal the eager tokens."""
+    bf16, _ = cuda_models
+    steps = {"decoding_steps": [4, 2, 2, 2], "seed": 7}
+    want = bf16.generate_tokens(["calm piano", None], **steps)
+    bf16.set_cuda_graphs("auto")
+    try:
+        got = [bf16.generate_tokens(["calm piano", None], **steps) for _ in range(3)]
+        assert len(bf16.decoders) == 1 and bf16.decoders.recorded_steps() == 10 + 1
+    finally:
+        bf16.set_cuda_graphs(False)
+        bf16.clear_cuda_graphs()
     assert all(torch.equal(g, want) for g in got)
