@@ -10,6 +10,8 @@ from pathlib import Path
 
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
 
+CHUNK = {"cpu": 4, "cuda": 32}     # prompts decoded (and written) at a time when --max-batch is not given
+
 
 class UsageError(Exception):
     """A command-line mistake (bad flag value, unreadable prompts file, ...)."""
@@ -145,28 +147,44 @@ def cmd_generate(args) -> int:
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
     t0 = time.perf_counter()
+    prompt = None
     if args.prompt_audio:
-        params["prompt"] = model.prompt_tokens(args.prompt_audio, len(prompts))
+        prompt = model.prompt_tokens(args.prompt_audio, len(prompts))
     elif not args.tokens_only:
         model.load_codec()                                    # fail now, not after decoding
-    tokens = model.generate_tokens(prompts, seed=args.seed, progress=not args.quiet,
-                                   max_batch=args.max_batch, **params)
+    # Streaming: chunks of --max-batch (default: CHUNK per device) are decoded one after another with one
+    # random stream continued across them (the API's max_batch draws), and each chunk's WAVs are written
+    # before the next chunk starts, so memory stays flat in the number of prompts.
+    import torch
+    size = args.max_batch or CHUNK[model.device.type]
+    gen = None if args.seed is None else torch.Generator(device=model.device).manual_seed(args.seed)
+    kept, clipped, audio_s, written = [], 0, 0.0, []
+    for start in range(0, len(prompts), size):
+        part = slice(start, start + size)
+        tokens = model.generate_tokens(prompts[part], generator=gen, progress=not args.quiet,
+                                       max_batch=args.max_batch,
+                                       prompt=None if prompt is None else prompt[part], **params)
+        if args.tokens_only:
+            kept.append(tokens.cpu())
+            continue
+        wav = model.decode(tokens)
+        for path, w in zip(paths[part], wav, strict=True):
+            clipped += write_wav(path, w, model.sample_rate)
+            print(path, flush=True)
+            written.append(path)
+        audio_s += wav.shape[-1] / model.sample_rate * wav.shape[0]
+        del tokens, wav
+    wall = time.perf_counter() - t0
     if args.tokens_only:
         from safetensors.torch import save as save_bytes
 
         from magnet_fast._io import atomic_write_bytes
-        atomic_write_bytes(paths[0], save_bytes({"tokens": tokens.cpu().contiguous()}), make_parents=True)
-        print(f"wrote {paths[0]}: tokens {list(tokens.shape)} in {time.perf_counter() - t0:.2f} s "
-              f"on {model.device}")
+        tokens = torch.cat(kept).contiguous()
+        atomic_write_bytes(paths[0], save_bytes({"tokens": tokens}), make_parents=True)
+        print(f"wrote {paths[0]}: tokens {list(tokens.shape)} in {wall:.2f} s on {model.device}")
         return 0
-    wav = model.decode(tokens)
-    wall = time.perf_counter() - t0
-    clipped = sum(write_wav(path, w, model.sample_rate) for path, w in zip(paths, wav, strict=True))
-    for path in paths:
-        print(path)
-    audio_s = wav.shape[-1] / model.sample_rate * wav.shape[0]
     note = f", {clipped} samples clipped" if clipped else ""
-    print(f"{len(paths)} file(s), {audio_s:.2f} s of audio in {wall:.2f} s (real-time factor "
+    print(f"{len(written)} file(s), {audio_s:.2f} s of audio in {wall:.2f} s (real-time factor "
           f"{audio_s / wall:.2f}x) on {model.device} {str(model.dtype).replace('torch.', '')}{note}")
     return 0
 
@@ -194,14 +212,18 @@ def cmd_info(args) -> int:
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{folder / WEIGHTS_NAME} is missing or unreadable ({e}); re-run "
                               "`magnet-fast convert`") from None
+    header = {}
     with weights as f:
         for key in f.keys():
             sl = f.get_slice(key)
+            header[key] = (tuple(sl.get_shape()), sl.get_dtype())
             n = 1
             for d in sl.get_shape():
                 n *= d
             params += n
             dtypes.add(sl.get_dtype())
+    from magnet_fast.model import _check_header
+    _check_header(folder / WEIGHTS_NAME, cfg, header)         # the same checks as loading it for generate
     info = {"model": str(folder), "parameters": params, "dtypes": sorted(dtypes), **cfg.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -240,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-anneal", action="store_true", help="constant temperature")
     g.add_argument("--unconditional", action="store_true", help="ignore the texts (null condition)")
     g.add_argument("--prompt-audio", help="audio file to continue (shorter than the model's duration)")
-    g.add_argument("--max-batch", type=int, help="decode at most N prompts at once (memory)")
+    g.add_argument("--max-batch", type=int, help="decode (and write) at most N prompts at a time (memory; default "
+                                                 f"{CHUNK['cpu']} on CPU, {CHUNK['cuda']} on CUDA)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     g.add_argument("--exact", action="store_true",

@@ -30,10 +30,12 @@ class TextEncoder:
                        f"Pass a local folder (API: t5=PATH; CLI: --t5 PATH), e.g. one made with "
                        f"`huggingface-cli download {source} --local-dir DIR`, or allow downloads "
                        "(--allow-download).")
+        from safetensors import SafetensorError
         try:
             self.tokenizer = T5Tokenizer.from_pretrained(where, local_files_only=local)
-            self.model = T5EncoderModel.from_pretrained(where, local_files_only=local)
-        except (OSError, ValueError) as e:
+            # safetensors only: a pickle (pytorch_model.bin) is never unpickled
+            self.model = T5EncoderModel.from_pretrained(where, local_files_only=local, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"T5 encoder {source!r} could not be loaded from {where} ({first}); pass a "
                                   "complete local T5 folder with t5=PATH (CLI: --t5 PATH)") from None

@@ -325,6 +325,8 @@ def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype)
                 header[k] = (tuple(sl.get_shape()), sl.get_dtype())
         _check_header(path, cfg, header)
         state = load_file(str(path))
+    except PermissionError:
+        raise CheckpointError(f"{path} is not readable (permission denied); fix its permissions") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found; re-run `magnet-fast convert`") from None
     except (SafetensorError, OSError, ValueError) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,88 @@ def test_checked_before_the_model_loads(tmp_path, args, match):
     assert_one_line(proc, match)
     assert LOADED not in proc.stderr
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["long.wav"]
+
+
+def _peak_rss_mb(tmp_path, n_prompts: int) -> float:
+    """Peak RSS of one `magnet-fast generate` run with n prompts (a child that reports its own peak)."""
+    prompts = tmp_path / f"p{n_prompts}.txt"
+    prompts.write_text("\n".join(f"calm piano {i}" for i in range(n_prompts)) + "\n")
+    code = ("import resource, sys; from magnet_fast.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--prompts-file", str(prompts), "--steps",
+                           "2,1,1,1", "--quiet", "--seed", "1", "--out", str(tmp_path / f"out{n_prompts}")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / f"out{n_prompts}").glob("*.wav"))) == n_prompts
+    return int(proc.stdout.split("PEAK")[-1].split()[0]) / 1024
+
+
+def test_cli_streams_memory_flat_in_the_number_of_prompts(tmp_path):
+    """WAVs are written chunk by chunk (default 4 prompts on CPU), so 48 prompts peak within ~1.2x of 4."""
+    small, large = _peak_rss_mb(tmp_path, 4), _peak_rss_mb(tmp_path, 48)
+    assert large < 1.2 * small, f"peak RSS {large:.0f} MB for 48 prompts vs {small:.0f} MB for 4"
+
+
+def test_cli_chunks_continue_one_stream_like_the_api_max_batch(tmp_path):
+    """Chunked CLI output equals the API with the same seed and max_batch (one stream across chunks)."""
+    import torch
+
+    import magnet_fast as mf
+    from magnet_fast.demo import DEMO_MODEL
+    texts = [f"calm piano {i}" for i in range(5)]
+    proc = cli("generate", *texts, "--seed", "3", "--steps", "2,1,1,1", "--quiet", "--max-batch", "2",
+               "--tokens-only", "--out", "t.safetensors", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+    got = load_file(str(tmp_path / "t.safetensors"))["tokens"]
+    model = mf.MagnetFast.from_pretrained(DEMO_MODEL)
+    want = model.generate_tokens(texts, seed=3, decoding_steps=[2, 1, 1, 1], max_batch=2)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle"])
+def test_broken_t5_in_the_model_folder_is_one_line(tmp_path, damage):
+    """A truncated t5/model.safetensors, or a t5/ holding only a pickle (pytorch_model.bin, never
+    unpickled), is one error line naming the T5, exit 2."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from magnet_fast.demo import DEMO_MODEL
+    model = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, model)
+    weights = model / "t5" / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        torch.save(load_file(str(weights)), model / "t5" / "pytorch_model.bin")
+        weights.unlink()
+    proc = cli("generate", "x", *FAST, "--model", str(model), cwd=tmp_path)
+    assert_usage_error(proc, "T5 encoder")
+    assert not list(tmp_path.glob("outputs*"))
+
+
+def test_info_validates_like_generate(tmp_path):
+    """`info` on a folder whose config.json does not match its weights (dim, layer count) is one error line,
+    as `generate` would say, not a report with exit 0."""
+    import json
+    import shutil
+
+    from magnet_fast.demo import DEMO_MODEL
+    model = tmp_path / "m"
+    shutil.copytree(DEMO_MODEL, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["num_layers"] += 3
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert_usage_error(cli("info", str(model), cwd=tmp_path), "layer")
+    assert cli("info", str(DEMO_MODEL), cwd=tmp_path).returncode == 0
+
+
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_fs):
+    """A conversion that runs out of space (8 KiB tmpfs): one "no space left on device" line, exit 2, and
+    neither the output folder nor a temp folder is left on that disk."""
+    proc = cli("convert", str(AC_EXPORT), str(tiny_fs / "conv"), cwd=tmp_path)
+    assert_usage_error(proc, "no space left on device")
+    assert list(tiny_fs.iterdir()) == []

@@ -132,3 +132,19 @@ def test_other_runtime_errors_are_not_out_of_memory(model10, monkeypatch):
         with pytest.raises(RuntimeError, match="shape mismatch") as info:
             model10.generate_tokens(["a", "b"], **SHORT)
     assert not isinstance(info.value, ResourceError)
+
+
+def test_unreadable_weights_say_permission_denied(monkeypatch, tmp_path):
+    """Permission denied is not "not found" (as root the permission bits cannot be tested for real, so the
+    OS error is simulated where the weights are opened)."""
+    import safetensors
+
+    import magnet_fast as mf
+    from magnet_fast.demo import DEMO_MODEL
+    from magnet_fast.errors import CheckpointError
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(safetensors, "safe_open", denied)
+    with pytest.raises(CheckpointError, match="permission denied"):
+        mf.MagnetFast.from_pretrained(DEMO_MODEL)
