@@ -79,9 +79,8 @@ def fmt(x, spec: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from magnet_fast._io import atomic_write_bytes
+    atomic_write_bytes(path, text.encode())
 
 
 def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str], plots: bool = True) -> None:

@@ -30,6 +30,7 @@ class AttentionCache:
 
     def __init__(self) -> None:
         self._memo: dict = {}
+        self._ready = None                    # (t, backend, device) that setup() last built for
 
     def __len__(self) -> int:
         return len(self._memo)
@@ -59,7 +60,10 @@ class AttentionCache:
                          lambda: sin_embedding(t, dim, max_period, dtype, device))
 
     def setup(self, t: int, dim: int, max_period: float, device, windows, backend: str) -> None:
-        """Build the positions and the masks a forward of length ``t`` with ``backend`` will read."""
+        """Build the positions and the masks a forward of length ``t`` with ``backend`` will read (once:
+        the forward calls this every time, and a repeat is one tuple compare)."""
+        if self._ready == (t, backend, str(device)):
+            return
         self.positions(t, torch.float32, device, dim, max_period)
         for w in windows:
             if w is None:
@@ -70,6 +74,7 @@ class AttentionCache:
                 self.block(t, w, default_block(w), device)
             elif backend in ("sdpa", "windowed", "triton"):
                 self.get("bool", t, w, device)
+        self._ready = (t, backend, str(device))
 
 
 BandCache = AttentionCache          # the older name

@@ -113,6 +113,7 @@ class MagnetLM(nn.Module):
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q))
         self.attention_backend = "exact"
+        self._windows = frozenset(self.window(s) for s in range(cfg.n_q))    # the stages' bands, fixed
         self.caches = AttentionCache()        # positions, band masks, block masks: built by setup_caches
 
     def set_attention(self, backend: str) -> None:
@@ -139,8 +140,8 @@ class MagnetLM(nn.Module):
         """Build what every forward of length ``t`` reuses (positions, the stages' band masks) once;
         later calls with the same length are free. Called by ``hidden``; callers may call it ahead."""
         device = self.emb[0].weight.device
-        self.caches.setup(t, self.cfg.dim, self.cfg.max_period, device,
-                          windows={self.window(s) for s in range(self.cfg.n_q)}, backend=self.attention_backend)
+        self.caches.setup(t, self.cfg.dim, self.cfg.max_period, device, windows=self._windows,
+                          backend=self.attention_backend)
         return self.caches
 
     @property

@@ -22,7 +22,7 @@ SHORT = (2, 2, 1, 1)
 
 
 def _inputs(model, texts, seed, n_prompt, batch_invariant=False):
-    cond, lengths = model._conditioning(texts, batch_invariant)
+    cond, lengths = model.conditioning(texts, batch_invariant)
     with torch.inference_mode():
         kv = model.lm.cross_kv(cond)
     g = torch.Generator().manual_seed(seed)
