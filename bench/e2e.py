@@ -5,6 +5,7 @@ Runs with the audiocraft oracle's interpreter (``tests/fixtures/setup_audiocraft
 installs this repo into it without dependencies)::
 
     .venv-audiocraft/bin/python bench/e2e.py [--dim 512 --layers 8 --heads 8] [--batches 1 4]
+    .venv-audiocraft/bin/python bench/e2e.py --model musicgen [...]   (MusicGen: bench/e2e_musicgen.py)
     python bench/e2e.py --device cuda --dim 1024 --heads 16 --layers 24 --steps 20,10,10,10   (GPU)
 
 1. Builds a random MAGNeT of the given geometry with audiocraft's own builders (released settings,
@@ -69,6 +70,17 @@ def build_checkpoint(folder: Path, config_dir: Path, dim: int, heads: int, layer
 
 
 def main() -> None:
+    if "--model" in sys.argv:                 # --model musicgen: the MusicGen benchmark (bench/e2e_musicgen.py)
+        i = sys.argv.index("--model")
+        kind = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+        if kind not in ("magnet", "musicgen"):
+            raise SystemExit("--model must be magnet or musicgen")
+        rest = sys.argv[1:i] + sys.argv[i + 2:]
+        if kind == "musicgen":
+            sys.path.insert(0, str(ROOT / "bench"))
+            import e2e_musicgen
+            return e2e_musicgen.main(rest)
+        sys.argv = [sys.argv[0], *rest]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config-dir", default=os.environ.get("AUDIOCRAFT_CONFIG_DIR",
                                                            ROOT / ".ac-dl" / "audiocraft-1.3.0" / "config"))

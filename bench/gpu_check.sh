@@ -10,6 +10,7 @@
 #   runtime      bench/runtime.py: magnet-small geometry, 10 s, B 1 and 16 (sdpa, sdpa+graphs,
 #                triton+graphs, triton+fused+graphs)
 #   e2e          bench/e2e.py --device cuda vs audiocraft 1.3.0, small geometry, B 1
+#   musicgen     bench/e2e.py --model musicgen --device cuda vs audiocraft's MusicGen, small geometry, 10 s, B 1
 #   optional (a third call, only with time left): kernels-more (fp16, fp32), runtime-small30,
 #                runtime-medium10, runtime-b64, e2e-more (B 4 16)
 #   quick        (dry run only) = tests kernels runtime e2e at toy sizes on CPU
@@ -24,7 +25,7 @@
 #     run(command="GPU_CHECK_TAR=$OUT/gc2.tgz timeout 270 bash bench/gpu_check.sh /tmp/gc runtime e2e",
 #         carry=[".whl"], timeout_s=300)
 #   call 3, optional, only if >= 5 min are left (one retry of a failed call comes first):
-#     run(command="GPU_CHECK_TAR=$OUT/gc3.tgz timeout 240 bash bench/gpu_check.sh /tmp/gc kernels-more runtime-small30",
+#     run(command="GPU_CHECK_TAR=$OUT/gc3.tgz timeout 240 bash bench/gpu_check.sh /tmp/gc musicgen kernels-more",
 #         carry=[".whl"], timeout_s=270)
 # Then, here: unpack each tarball into bench/results/ (bench/unpack_gpu.sh), `python bench/report.py`.
 # Each stage runs under its own time limit (STAGE_LIMIT_S overrides all), and OUTDIR is packed into
@@ -37,7 +38,7 @@
 #   GPU_CHECK_DRY=1 bash bench/gpu_check.sh OUTDIR quick
 set -uo pipefail
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|e2e|kernels-more|runtime-small30|runtime-medium10|runtime-b64|e2e-more|quick ...]}"
+OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|e2e|kernels-more|runtime-small30|runtime-medium10|runtime-b64|e2e-more|musicgen|quick ...]}"
 shift
 DRY="${GPU_CHECK_DRY:-0}"
 STAGES=" ${*:-tests kernels runtime e2e} "
@@ -107,7 +108,7 @@ run_stage() {   # name, limit_s, command...: time-limited, logged, packed
     echo "$name: $((SECONDS - t0)) s"; tail -2 "$OUT/$name.log"
     pack
 }
-GPU_TESTS="tests/test_kernel_banded_attn.py tests/test_kernel_sample.py tests/model/test_gpu_runtime.py"
+GPU_TESTS="tests/test_kernel_banded_attn.py tests/test_kernel_sample.py tests/model/test_gpu_runtime.py tests/model/test_musicgen.py"
 if [ "$DRY" = 1 ]; then   # collection of the GPU files (all skip) + the D=16 and fused-sampler interpreter tests
     has tests && run_stage pytest-gpu 300 "$PY" -m pytest $GPU_TESTS -p no:cacheprovider -q -rA \
         -k "gpu or D16 or single_inf" --junitxml "$OUT/pytest-gpu.xml"
@@ -140,6 +141,12 @@ e2e() {   # name, extra args...
     fi
 }
 has e2e && e2e e2e-cuda-small
+if has musicgen; then      # MusicGen vs audiocraft's (static KV-cache step + CUDA graph on the GPU)
+    if [ "$DRY" = 1 ]; then MG_ARGS=(--dim 64 --heads 4 --layers 2 --seconds 0.5 --batches 1 --repeats 1)
+    else MG_ARGS=(--device cuda --dim 1024 --heads 16 --layers 24 --seconds 10 --batches 1 --providers audiocraft sdpa); fi
+    run_stage e2e-musicgen 150 "$E2E_PY" bench/e2e.py --model musicgen --config-dir "$CFG_DIR" "${MG_ARGS[@]}" \
+        --out "$OUT/e2e-musicgen"
+fi
 # optional stages (GPU only)
 has e2e-more && e2e e2e-cuda-small-b4-16 --batches 4 16
 if has kernels-more; then

@@ -1,4 +1,4 @@
-"""magnet_fast: a fast, faithful inference engine for MAGNeT."""
+"""magnet_fast: a fast, faithful inference engine for MAGNeT (and MusicGen on the same transformer)."""
 from magnet_fast.api import MagnetFast
 from magnet_fast.config import GenerationDefaults, MagnetConfig
 from magnet_fast.convert import convert
@@ -11,10 +11,11 @@ from magnet_fast.errors import (
     ParameterError,
     ResourceError,
 )
+from magnet_fast.musicgen import MusicGenFast
 from magnet_fast.params import GenerationParams, SamplingParams, resolve_params
 
 __version__ = "0.1.0"
-__all__ = ["MagnetFast", "MagnetConfig", "GenerationDefaults", "SamplingParams", "GenerationParams",
+__all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "GenerationDefaults", "SamplingParams", "GenerationParams",
            "resolve_params", "convert", "MagnetFastError",
            "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError",
            "BatchSplitWarning", "__version__"]

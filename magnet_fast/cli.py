@@ -9,12 +9,15 @@ import warnings
 from pathlib import Path
 
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
+from magnet_fast.errors import MagnetFastError
 
 CHUNK = {"cpu": 4, "cuda": 32}     # prompts decoded (and written) at a time when --max-batch is not given
 
 
-class UsageError(Exception):
-    """A command-line mistake (bad flag value, unreadable prompts file, ...)."""
+class UsageError(MagnetFastError):
+    """A command-line mistake (bad flag value, unreadable prompts file, ...). A MagnetFastError, so that the
+    one-line exit-2 contract holds whichever module instance raised it (``python -m magnet_fast.cli`` runs
+    this file as ``__main__`` while jobs.py raises ``magnet_fast.cli.UsageError``)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,44 +97,82 @@ def _jsonl_prompt(item, where: str) -> str | None:
     return text
 
 
-def generation_overrides(args) -> dict:
+MAGNET_ONLY = {"steps": "--steps", "stride1": "--stride1", "span_scoring": "--span-scoring",
+               "no_anneal": "--no-anneal"}
+MUSICGEN_ONLY = {"two_step_cfg": "--two-step-cfg"}
+LONG_FORM = {"duration": "--duration", "extend_stride": "--extend-stride"}
+
+
+def _refuse(args, flags: dict, kind: str, other: str) -> None:
+    given = [flag for dest, flag in flags.items() if getattr(args, dest, None) not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for {other} models; "
+                         f"this is a {kind} model")
+
+
+def generation_overrides(args, kind: str = "magnet") -> dict:
     """CLI flags -> generate_tokens keywords (None = the model's default). Only parsing and flag rules
-    here; the values are checked by magnet_fast.params.resolve_params, like every API call's."""
-    params = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-              "span_scoring": args.span_scoring}
+    here; the values are checked by magnet_fast.params (resolve_params / resolve_ar_params), like every
+    API call's. kind: the model's ('magnet' or 'musicgen'); the other family's flags are refused."""
+    params = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
     if args.top_k is not None:
         if args.top_p is not None:
             raise UsageError("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
         params["top_p"] = 0.0                       # otherwise the model's default top_p would win
+    if args.greedy:
+        params["use_sampling"] = False
+    if kind == "musicgen":
+        _refuse(args, MAGNET_ONLY, "MusicGen", "MAGNeT")
+        if args.cfg is not None:
+            try:
+                params["cfg_coef"] = float(args.cfg)
+            except ValueError:
+                raise UsageError(f"--cfg must be one number for a MusicGen model, got {args.cfg!r}") from None
+        if args.two_step_cfg:
+            params["two_step_cfg"] = True
+        params["duration"] = args.duration
+        params["extend_stride"] = args.extend_stride
+        return params
+    _refuse(args, MUSICGEN_ONLY, "MAGNeT", "MusicGen")
+    if getattr(args, "duration", None) is not None:
+        raise UsageError("--duration is for MusicGen models; a MAGNeT model generates its fixed segment")
+    params["span_scoring"] = args.span_scoring
     if args.steps is not None:
         params["decoding_steps"] = _int_list(args.steps, "--steps")
     if args.cfg is not None:
         params["max_cfg_coef"], params["min_cfg_coef"] = _float_pair(args.cfg, "--cfg")
     if args.stride1:
         params["span_arrangement"] = "stride1"
-    if args.greedy:
-        params["use_sampling"] = False
     if args.no_anneal:
         params["anneal_temp"] = False
     return params
 
 
 def cmd_generate(args) -> int:
-    from magnet_fast import MagnetFast
+    from magnet_fast import MagnetFast, MusicGenFast
     from magnet_fast.audio import audio_info, check_writable, output_paths, write_wav
     from magnet_fast.config import MagnetConfig
     from magnet_fast.inputs import check_max_batch
-    from magnet_fast.params import check_seed, resolve_params
+    from magnet_fast.params import check_seed, resolve_ar_params, resolve_params
     prompts = read_prompts(args)
-    params = generation_overrides(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
     cfg = MagnetConfig.load(model_dir)
-    resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len,
-                   **params)                                   # every value checked before loading
+    params = generation_overrides(args, cfg.kind)
+    if cfg.kind == "musicgen":                                 # every value checked before loading
+        from magnet_fast.musicgen import long_form_plan
+        long = long_form_plan(cfg, params["duration"], params["extend_stride"])
+        sampling = {k: v for k, v in params.items() if k != "extend_stride"}
+        if long is not None:
+            sampling["duration"] = cfg.segment_duration
+        length = resolve_ar_params(cfg.generation, cfg.card, max_duration=cfg.segment_duration,
+                                   **sampling).duration
+    else:
+        resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **params)
+        length = cfg.segment_duration
     check_seed(args.seed)
     check_max_batch(args.max_batch)
     if args.prompt_audio:
-        audio_info(args.prompt_audio, cfg.segment_duration)      # kind and length from the header
+        audio_info(args.prompt_audio, length)                   # kind and length from the header
     out = Path(args.out) if args.out else None
     if args.tokens_only:
         paths = [out if out is not None and out.suffix == ".safetensors"
@@ -141,7 +182,8 @@ def cmd_generate(args) -> int:
     check_writable(paths, args.force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # the notice is printed once below
-        model = MagnetFast.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
+        engine = MusicGenFast if cfg.kind == "musicgen" else MagnetFast
+        model = engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
                                            codec=args.codec, allow_download=args.allow_download,
                                            attention="exact" if args.exact else None)
     if model.config.notice:
@@ -149,7 +191,9 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     prompt = None
     if args.prompt_audio:
-        prompt = model.prompt_tokens(args.prompt_audio, len(prompts))
+        from magnet_fast.inputs import prompt_audio_tensor
+        wav, rate = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
+        prompt = model.encode(wav, rate)
     elif not args.tokens_only:
         model.load_codec()                                    # fail now, not after decoding
     # Streaming: chunks of --max-batch (default: CHUNK per device) are decoded one after another with one
@@ -229,14 +273,21 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     g = cfg.generation
-    print(f"{folder}\n  LM: {params / 1e6:.1f} M parameters ({', '.join(sorted(dtypes))}), dim {cfg.dim}, "
+    print(f"{folder}\n  kind: {cfg.kind} ({'MusicGen: autoregressive, delay pattern ' + str(list(cfg.delays)) if cfg.kind == 'musicgen' else 'MAGNeT: masked, parallel decoding'})")
+    print(f"  LM: {params / 1e6:.1f} M parameters ({', '.join(sorted(dtypes))}), dim {cfg.dim}, "
           f"{cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.n_q} codebooks x {cfg.card}")
+    shape = (f"span {cfg.span_len}, band +-{cfg.subcodes_context}" if cfg.kind == "magnet"
+             else f"up to {cfg.segment_duration:g} s per generation")
     print(f"  audio: {cfg.segment_duration:g} s at {cfg.frame_rate} Hz frames ({cfg.frames}), "
-          f"{cfg.sample_rate} Hz; span {cfg.span_len}, band +-{cfg.subcodes_context}")
+          f"{cfg.sample_rate} Hz; {shape}")
     print(f"  text: {cfg.t5_name} (width {cfg.t5_dim})" + ("; bundled t5/" if (folder / "t5").is_dir() else ""))
     print(f"  codec: {json.dumps(cfg.codec)}")
-    print(f"  defaults: steps {list(g.decoding_steps)}, temperature {g.temperature}, top_p {g.top_p}, "
-          f"top_k {g.top_k}, cfg {g.max_cfg_coef}->{g.min_cfg_coef}, {g.span_arrangement}/{g.span_scoring}")
+    if cfg.kind == "musicgen":
+        print(f"  defaults: duration {g.duration:g} s, sampling {g.use_sampling}, temperature {g.temperature}, "
+              f"top_k {g.top_k}, top_p {g.top_p}, cfg {g.cfg_coef}, two-step cfg {g.two_step_cfg}")
+    else:
+        print(f"  defaults: steps {list(g.decoding_steps)}, temperature {g.temperature}, top_p {g.top_p}, "
+              f"top_k {g.top_k}, cfg {g.max_cfg_coef}->{g.min_cfg_coef}, {g.span_arrangement}/{g.span_scoring}")
     if cfg.notice:
         print(f"  note: {cfg.notice}")
     return 0
@@ -255,7 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--top-k", type=int)
-    g.add_argument("--cfg", help="CFG coefficient annealed MAX,MIN, e.g. 10,1")
+    g.add_argument("--cfg", help="CFG coefficient: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for "
+                   "MusicGen (e.g. 3)")
+    g.add_argument("--duration", type=float, help="seconds to generate, prompt included (MusicGen default 15); "
+                   "over the model's window (MusicGen 30 s) it generates long-form in sliding windows")
+    g.add_argument("--extend-stride", type=float, help="long-form (--duration over the model's window): seconds "
+                   "each further window advances (MusicGen default 18, MAGNeT half the window)")
+    g.add_argument("--two-step-cfg", action="store_true", help="MusicGen: separate conditional and "
+                   "unconditional forwards (audiocraft's two_step_cfg)")
     g.add_argument("--stride1", action="store_true", help="overlapping-span masking (the demo's setting)")
     g.add_argument("--span-scoring", choices=["max", "prod"])
     g.add_argument("--greedy", action="store_true", help="argmax decoding (no sampling)")
@@ -286,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+    from magnet_fast.jobs import add_batch_parser
+    add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
     return p
 
 

@@ -83,3 +83,20 @@ def encode_condition(text: TextEncoder, lm, descriptions, batch_invariant: bool 
     lengths = tuple(max(1, int(m.sum())) for m in mask)
     with torch.inference_mode():
         return lm.project_text(hidden.to(device), mask.to(device)), lengths
+
+
+def encode_condition_apart(text: TextEncoder, lm, descriptions):
+    """Two-step CFG as audiocraft runs it: the B texts encoded as their own padded batch -> (cond [B, L, dim],
+    null [B, 1, dim]). A null condition is all zeros whatever its padded length (zero keys and values give
+    a zero cross-attention output), so one position stands for it."""
+    device = lm.emb[0].weight.device
+    entries = [d if d is not None else "" for d in descriptions]
+    batch = text.tokenizer(entries, return_tensors="pt", padding=True)
+    mask = batch["attention_mask"].clone()
+    mask[[i for i, e in enumerate(entries) if e == ""], :] = 0
+    with torch.inference_mode():
+        hidden = text.model(input_ids=batch["input_ids"].to(text.device),
+                            attention_mask=mask.to(text.device)).last_hidden_state
+        cond = lm.project_text(hidden.to(device), mask.to(device))
+        null = torch.zeros(len(entries), 1, cond.shape[-1], dtype=cond.dtype, device=device)
+    return cond, null

@@ -11,10 +11,13 @@ from magnet_fast.errors import ConfigError, ParameterError
 from magnet_fast.params import (  # noqa: F401
     MAX_FRAMES,
     MAX_SEGMENT_S,
+    MUSICGEN_DEFAULT_DURATION,
     SPAN_ARRANGEMENTS,
     SPAN_SCORINGS,
+    ARParams,
     SamplingParams,
     validate,
+    validate_ar,
 )
 
 FORMAT = "magnet_fast/1"
@@ -24,6 +27,8 @@ GenerationDefaults = SamplingParams    # a model's decoding defaults (config.jso
 # Geometry bounds (docs/DESIGN.md, "Bounds checked before work"); released: 24/48 layers, 4 codebooks
 MAX_LAYERS = 1024
 MAX_CODEBOOKS = 64
+KINDS = ("magnet", "musicgen")      # the decoding a converted model is for (MagnetFast / MusicGenFast)
+ENGINES = {"magnet": "MagnetFast", "musicgen": "MusicGenFast"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,10 @@ class MagnetConfig:
     t5_dim: int = 768
     sample_rate: int = 32000
     weights_dtype: str = "float16"
-    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    generation: GenerationDefaults | ARParams = field(default_factory=GenerationDefaults)
+    kind: str = "magnet"               # "magnet" (masked, parallel) or "musicgen" (autoregressive, causal)
+    delays: tuple[int, ...] | None = None   # musicgen: the delay pattern's per-codebook delays
+    lm_cfg_coef: float | None = None   # musicgen: the LM's own CFG coefficient (audiocraft's two-step CFG uses it)
     codec: dict | None = None          # what the converter saw of compression_state_dict.bin
     source: dict | None = None         # provenance: file names, sha256, audiocraft version
     notice: str | None = None          # shown to users on load (e.g. "untrained demo weights")
@@ -59,9 +67,16 @@ class MagnetConfig:
         """Frames audiocraft asks for: int(segment_duration * frame_rate) (500 / 1500)."""
         return int(self.segment_duration * self.frame_rate)
 
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays) if self.delays else 0
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["generation"]["decoding_steps"] = list(self.generation.decoding_steps)
+        if "decoding_steps" in d["generation"]:
+            d["generation"]["decoding_steps"] = list(self.generation.decoding_steps)
+        if d["delays"] is not None:
+            d["delays"] = list(d["delays"])
         return {"format": FORMAT, **d}
 
     def save(self, folder: Path) -> None:
@@ -75,7 +90,12 @@ class MagnetConfig:
             raise ConfigError(f"{where}: format is {fmt!r}, expected {FORMAT!r}; re-create it with "
                               "`magnet-fast convert <audiocraft export dir> <out dir>`")
         gen = dict(d.pop("generation", {}))
-        known_gen = {f.name for f in dataclasses.fields(GenerationDefaults)}
+        kind = d.get("kind", "magnet")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {KINDS}, got {kind!r}; re-create it with "
+                              "`magnet-fast convert`")
+        gen_cls = ARParams if kind == "musicgen" else GenerationDefaults
+        known_gen = {f.name for f in dataclasses.fields(gen_cls)}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted((set(d) - known) | (set(gen) - known_gen))
         if unknown:
@@ -83,7 +103,9 @@ class MagnetConfig:
         try:
             if "decoding_steps" in gen:          # validate checks each entry (no int(): 1e20, true refused)
                 gen["decoding_steps"] = tuple(gen["decoding_steps"])
-            cfg = cls(generation=GenerationDefaults(**gen), **d)
+            if isinstance(d.get("delays"), list):
+                d["delays"] = tuple(d["delays"])
+            cfg = cls(generation=gen_cls(**gen), **d)
             cfg.validate(where)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: malformed field ({e}); re-create it with `magnet-fast convert`") from None
@@ -144,7 +166,31 @@ class MagnetConfig:
                       f"frames, over the {MAX_FRAMES}-frame bound")
         if self.frames < self.span_len:
             raise bad(f"segment_duration {self.segment_duration} gives too few frames")
+        if self.kind not in KINDS:
+            raise bad(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "musicgen":
+            self._validate_musicgen(bad)
+            return
+        if not isinstance(self.generation, SamplingParams):
+            raise bad("generation holds MusicGen parameters but kind is 'magnet'")
         try:                               # the same checks as every call's parameters
             validate(self.generation, self.n_q, self.card, frames=self.frames, span_len=self.span_len)
+        except ParameterError as e:
+            raise bad(f"generation: {e}") from None
+
+    def _validate_musicgen(self, bad) -> None:
+        delays = self.delays
+        if (not isinstance(delays, tuple) or len(delays) != self.n_q
+                or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_CODEBOOKS for x in delays)
+                or list(delays) != sorted(delays)):
+            raise bad(f"delays must be {self.n_q} non-decreasing integers in [0, {MAX_CODEBOOKS}] (one per "
+                      f"codebook), got {delays!r}")
+        c = self.lm_cfg_coef
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)):
+            raise bad(f"lm_cfg_coef must be a finite number, got {c!r}")
+        if not isinstance(self.generation, ARParams):
+            raise bad("generation holds MAGNeT parameters but kind is 'musicgen'")
+        try:
+            validate_ar(self.generation, self.card, max_duration=self.segment_duration)
         except ParameterError as e:
             raise bad(f"generation: {e}") from None

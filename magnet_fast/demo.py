@@ -14,5 +14,9 @@ DEMO_NAME = "magnet-tiny-demo"
 # Installs unpack packages onto the file system (wheels are never imported zipped), so the folder sits beside
 # this module wherever the package is installed: site-packages, an editable checkout, or a source tree.
 DEMO_MODEL: Path = Path(__file__).resolve().parent / "demo" / DEMO_NAME
+# The MusicGen demo beside it (same tiny geometry; its codec is the MAGNeT demo's codec/ folder): the CLI's
+# --hybrid / --rescore and MusicGen runs work offline on it (``weights/make_default.py --musicgen``).
+MUSICGEN_DEMO_NAME = "musicgen-tiny-demo"
+MUSICGEN_DEMO_MODEL: Path = DEMO_MODEL.parent / MUSICGEN_DEMO_NAME
 
-__all__ = ["DEMO_MODEL", "DEMO_NAME"]
+__all__ = ["DEMO_MODEL", "DEMO_NAME", "MUSICGEN_DEMO_MODEL", "MUSICGEN_DEMO_NAME"]

@@ -2,7 +2,8 @@
 masking, CFG and temperature annealing (docs/DESIGN.md, Decoding algorithm and GPU runtime).
 
 A step is five named parts: select the spans to re-mask (spans.py) -> forward (the model, which owns
-its attention backend) -> guidance + sampling (sampling.py) -> span scores (scoring.py). It is pure
+its attention backend) -> guidance + sampling (sampling.py) -> span scores (scoring.py), with an optional
+rescoring part before the scores (rescoring.py: a MusicGen LM's probabilities mixed in). It is pure
 tensor code: no host sync, no data-dependent Python, no host->device copy, so it compiles with
 ``torch.compile(fullgraph=True)`` and is what a CUDA graph records. Only the schedule (precomputed on
 the host) and the progress callback touch Python per step.
@@ -19,6 +20,7 @@ from magnet_fast.errors import NumericsError, ParameterError
 from magnet_fast.kernels.sample import naive as S
 from magnet_fast.model import MagnetLM
 from magnet_fast.params import SamplingParams, output_frames, resolve_params  # noqa: F401  (re-exported)
+from magnet_fast.rescoring import RescoreKey, Rescorer
 from magnet_fast.sampling import make_sampler
 from magnet_fast.schedule import Step, stage_steps
 from magnet_fast.scoring import make_scorer
@@ -47,8 +49,12 @@ def _write_row(seq: torch.Tensor, stage: int, row: torch.Tensor) -> None:
     seq[row.shape[0]:, stage] = row
 
 
-def decode_step(lm: MagnetLM, state: DecodeState, step: Step, arrangement, sampler, scorer):
-    """One step -> (row, scores, non-finite flag), new tensors; ``state.seq`` is the only input written."""
+def decode_step(lm: MagnetLM, state: DecodeState, step: Step, arrangement, sampler, scorer, rescore=None):
+    """One step -> (row, scores, non-finite flag), new tensors; ``state.seq`` is the only input written.
+
+    rescore: None, or ``rescore(seq, step, row, probs, was_masked) -> (probs, non-finite flag)`` (a
+    ``rescoring.Rescorer``): mixes a second model's probabilities into the scored ones at the newly
+    sampled positions, after the write-back and before the scorer."""
     # 1. select the spans to re-mask; prompt frames always keep the prompt
     units, masked, top = arrangement.select(state.scores, step.num_masked)
     row = state.row.masked_fill(masked, lm.mask_id)
@@ -64,6 +70,10 @@ def decode_step(lm: MagnetLM, state: DecodeState, step: Step, arrangement, sampl
     tokens, sampled_probs, nonfinite = sampler(cond, uncond, row, state.noise, step, positions)
     row = torch.where(was_masked, tokens, row)
     _write_row(state.seq, step.stage, row)
+    # 4b. rescoring (optional): another LM's probability of the candidate, mixed in at the new samples
+    if rescore is not None:
+        sampled_probs, bad = rescore(state.seq, step, row, sampled_probs, was_masked)
+        nonfinite = nonfinite | bad
     # 5. the scores the next step re-masks by
     return row, scorer(sampled_probs, arrangement.scored_mask(units, was_masked)), nonfinite
 
@@ -88,6 +98,7 @@ class DecoderKey(NamedTuple):
     sampler: str
     graphs: str | None
     weights: int
+    rescore: RescoreKey | None = None       # the rescorer, its weights, temperature and text length
 
     def eager(self) -> DecoderKey:
         """The same shape without graphs (what the 'auto' graph policy counts sightings of)."""
@@ -117,7 +128,7 @@ class Decoder:
 
     def __init__(self, lm: MagnetLM, batch: int, frames: int, params: SamplingParams, *, n_prompt: int = 0,
                  cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
-                 graphs: str | None = None):
+                 graphs: str | None = None, rescore: tuple[MagnetLM, RescoreKey] | None = None):
         if graphs not in GRAPH_MODES:
             raise ParameterError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
         cfg, device = lm.cfg, lm.emb[0].weight.device
@@ -144,16 +155,18 @@ class Decoder:
             cross_lengths=cross_lengths)
         self.prefix = torch.zeros(2 * batch, t, cfg.dim, dtype=lm.emb[0].weight.dtype, device=device)
         self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        # rescoring (rescoring.py): the rescorer LM and its RescoreKey; None decodes without one
+        self.rescorer = None if rescore is None else Rescorer(rescore[0], batch, t, rescore[1], graphs is not None)
         self.recorded: dict = {}                            # (stage, step) -> replay callable
         self._pool = torch.cuda.graph_pool_handle() if graphs == "cuda" else None
 
     @staticmethod
     def make_key(lm: MagnetLM, batch: int, frames: int, text_len: int, params: SamplingParams, n_prompt: int,
-                 cross_lengths, sampler: str, graphs: str | None) -> DecoderKey:
+                 cross_lengths, sampler: str, graphs: str | None, rescore: RescoreKey | None = None) -> DecoderKey:
         """Everything a recorded step depends on besides buffer contents (see ``DecoderKey``)."""
         return DecoderKey(id(lm), str(lm.emb[0].weight.device), lm.compute_dtype, batch, frames, text_len,
                           params, n_prompt, lm.attention_backend, cross_lengths, sampler, graphs,
-                          hash(tuple(t.data_ptr() for t in lm.parameters())))
+                          hash(tuple(t.data_ptr() for t in lm.parameters())), rescore)
 
     def buffers(self) -> list[torch.Tensor]:
         """Every long-lived tensor a recorded step may read or write (tests check recordings read no other)."""
@@ -161,10 +174,16 @@ class Decoder:
         out = [s.seq, s.row, s.scores, s.noise, self.flag, self.prefix, *[t for kv in s.kv or [] for t in kv]]
         if s.prompt is not None:
             out.append(s.prompt)
+        if self.rescorer is not None:
+            out += self.rescorer.tensors()
         return out + (self.sampler.device_tensors() if hasattr(self.sampler, "device_tensors") else [])
 
-    def _load(self, kv: list, prompt: torch.Tensor | None) -> None:
+    def _load(self, kv: list, prompt: torch.Tensor | None, rescore_kv: list | None = None) -> None:
         s = self.state
+        if self.rescorer is not None:
+            if rescore_kv is None:
+                raise ParameterError("this Decoder rescores: pass the rescorer's condition K/V (rescore_kv)")
+            self.rescorer.load(rescore_kv)
         if self.graphs is None:
             s.kv = kv
         elif s.kv is None:                      # static copies: the recorded steps read these addresses
@@ -180,11 +199,12 @@ class Decoder:
         self.flag.zero_()
 
     def run(self, kv: list, prompt: torch.Tensor | None = None, generator=None, callback=None,
-            on_step=None) -> torch.Tensor:
+            on_step=None, rescore_kv: list | None = None) -> torch.Tensor:
         """Decode all stages for this call's condition K/V, prompt and generator(s) -> [B, n_q, T'].
 
-        on_step(stage, index, state): called after each step (eager runs only: an observation hook)."""
-        self._load(kv, prompt)
+        on_step(stage, index, state): called after each step (eager runs only: an observation hook).
+        rescore_kv: the rescorer's per-layer cross K/V of the B conditional rows (when rescoring)."""
+        self._load(kv, prompt, rescore_kv)
         s, mask_id = self.state, self.lm.mask_id
         total, done = sum(self.params.decoding_steps), 0
         n_fixed = self.n_prompt // self.arrangement.unit
@@ -209,7 +229,8 @@ class Decoder:
         return s.seq[: self.batch].clone()
 
     def _body(self, step: Step) -> None:
-        row, scores, bad = decode_step(self.lm, self.state, step, self.arrangement, self.sampler, self.scorer)
+        row, scores, bad = decode_step(self.lm, self.state, step, self.arrangement, self.sampler, self.scorer,
+                                       self.rescorer)
         self.state.row.copy_(row)
         self.state.scores.copy_(scores)
         self.flag.logical_or_(bad)
@@ -242,7 +263,8 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
            prompt: torch.Tensor | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None,
            cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch", callback=None,
-           graphs: str | None = None, cache: dict | None = None, on_step=None) -> torch.Tensor:
+           graphs: str | None = None, cache: dict | None = None, on_step=None,
+           rescore: tuple | None = None) -> torch.Tensor:
     """Run all stages with the model's attention backend. kv: cross-attention K/V for 2*batch rows (cond
     then null). -> [B, n_q, T'] int64.
 
@@ -251,16 +273,20 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
     on the device (no per-step sync) and raise NumericsError at the end instead of returning tokens
     sampled from garbage. graphs / cache: see ``Decoder``; ``cache`` (a dict owned by the caller, e.g. the
     API's DecoderCache) keeps Decoders, with their buffers and recordings, for later calls of the same key.
+    rescore: None, or (rescorer LM, RescoreKey, its condition K/V of the B rows) to rescore every step
+    (rescoring.py).
     """
     n_prompt = 0 if prompt is None else prompt.shape[-1]
+    rescore_lm, rescore_key, rescore_kv = rescore if rescore is not None else (None, None, None)
     key = Decoder.make_key(lm, batch, frames, kv[0][0].shape[-2], params, n_prompt, cross_lengths, sampler,
-                           graphs)
+                           graphs, rescore_key)
     decoder = None if cache is None else cache.get(key)
     if decoder is None:
         decoder = Decoder(lm, batch, frames, params, n_prompt=n_prompt, cross_lengths=cross_lengths,
-                          sampler=sampler, graphs=graphs)
+                          sampler=sampler, graphs=graphs,
+                          rescore=None if rescore is None else (rescore_lm, rescore_key))
         if cache is not None:
             cache[key] = decoder
     if isinstance(cache, OrderedDict):
         cache.move_to_end(key)                               # most recently used last
-    return decoder.run(kv, prompt, generator, callback, on_step)
+    return decoder.run(kv, prompt, generator, callback, on_step, rescore_kv)

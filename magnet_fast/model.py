@@ -309,10 +309,11 @@ def _check_header(path, cfg: MagnetConfig, header: dict[str, tuple[tuple[int, ..
                                   f"{cfg.weights_dtype!r}; the file was altered or relabelled: {fix}")
 
 
-def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype) -> MagnetLM:
+def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype, model_cls=None) -> MagnetLM:
     """Check the safetensors header against the config (counts, keys, shapes, stored dtypes: nothing built or
     read yet), then build the LM on the meta device and assign the weights, cast by the mixed-precision rule
-    (CheckpointError says to re-convert)."""
+    (CheckpointError says to re-convert). model_cls: MagnetLM (default) or a subclass with the same weights
+    (MusicGen's ``ar.MusicGenLM``)."""
     from pathlib import Path
 
     from safetensors import SafetensorError, safe_open
@@ -334,7 +335,7 @@ def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype)
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
                               "re-run `magnet-fast convert`") from None
     with torch.device("meta"):
-        lm = MagnetLM(cfg)
+        lm = (model_cls or MagnetLM)(cfg)
     if {k: tuple(v.shape) for k, v in lm.state_dict().items()} != _expected_shapes(cfg):   # belt and braces
         raise CheckpointError(f"{path}: internal error: the model's keys differ from the expected geometry")
     lm.load_state_dict({k: v.to(device=device, dtype=torch.float32 if _keeps_fp32(k) else dtype)

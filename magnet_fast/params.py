@@ -133,3 +133,59 @@ def check_seed(seed, n_rows: int | None = None) -> list[int] | None:
 def output_frames(frames: int, span_len: int, arrangement: str) -> int:
     """Frames returned: 'nonoverlap' trims to a multiple of span_len (500 -> 498), 'stride1' keeps all."""
     return frames - frames % span_len if span_len > 1 and arrangement == "nonoverlap" else frames
+
+
+# ------------------------------------------------------------------------------------------------ MusicGen
+MUSICGEN_DEFAULT_DURATION = 15.0     # seconds: what audiocraft's MusicGen sets in its constructor
+LONGFORM_MAX_S = 3600.0              # the longest long-form generation (seconds; sliding windows)
+
+
+@dataclass(frozen=True)
+class ARParams:
+    """Autoregressive (MusicGen) sampling parameters: audiocraft's ``MusicGen.set_generation_params``
+    defaults. ``duration`` (seconds, prompt included) is the default length of a generation.
+    Also the type of a MusicGen ``MagnetConfig.generation``."""
+    use_sampling: bool = True
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    cfg_coef: float = 3.0
+    two_step_cfg: bool = False
+    duration: float = MUSICGEN_DEFAULT_DURATION
+
+    @property
+    def greedy(self) -> bool:
+        """audiocraft samples only when use_sampling and temperature > 0; otherwise argmax."""
+        return not self.use_sampling or self.temperature == 0
+
+
+AR_NAMES = tuple(f.name for f in fields(ARParams))
+
+
+def validate_ar(p: ARParams, card: int | None = None, *, max_duration: float | None = None) -> ARParams:
+    """Check every value of ``p`` (ParameterError with the fix). ``max_duration``: the longest one window
+    may be; None leaves duration bounded by MAX_SEGMENT_S only."""
+    _number("temperature", p.temperature, 0.0)
+    _number("top_p", p.top_p, 0.0, 1.0)
+    _number("top_k", p.top_k, 0, integer=True)
+    if card is not None and p.top_k > card:
+        raise ParameterError(f"top_k must be <= the codebook size {card}, got {p.top_k}")
+    _number("cfg_coef", p.cfg_coef)
+    _number("duration", p.duration, 0.0, lo_open=True)
+    bound = MAX_SEGMENT_S if max_duration is None else max_duration
+    if p.duration > bound:
+        raise ParameterError(f"duration {p.duration} s is over this model's maximum of {bound:g} s")
+    for flag in ("use_sampling", "two_step_cfg"):
+        if not isinstance(getattr(p, flag), bool):
+            raise ParameterError(f"{flag} must be True or False, got {getattr(p, flag)!r}")
+    return replace(p, top_k=int(p.top_k))
+
+
+def resolve_ar_params(defaults: ARParams, card: int | None = None, *, max_duration: float | None = None,
+                      **overrides) -> ARParams:
+    """``defaults`` overridden by the non-None ``overrides``, validated (see ``validate_ar``)."""
+    unknown = sorted(set(overrides) - set(AR_NAMES))
+    if unknown:
+        raise ParameterError(f"unknown MusicGen generation parameter(s) {unknown}; known: {sorted(AR_NAMES)}")
+    p = replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+    return validate_ar(p, card, max_duration=max_duration)

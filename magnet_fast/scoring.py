@@ -3,8 +3,10 @@
 A scorer is any callable ``(sampled_probs [B, T], masked [B, units]) -> scores [B, units]`` that gives the
 units not sampled in this step (``masked`` False) the fixed score ``DONT_REMASK``. The built-in ones are
 audiocraft's: 'max' (1 - the span's largest probability), 'prod' (the span's summed -log p) and, for
-stride1 and one-frame spans, token scores (-log p). Another scorer (e.g. a second model's rescoring) is a
-new class here and one line in ``make_scorer`` (docs/DESIGN.md, Decoding algorithm).
+stride1 and one-frame spans, token scores (-log p). Rescoring with a second model (rescoring.py) does not
+need a scorer of its own: it mixes that model's probabilities into ``sampled_probs`` before the scorer,
+so every scorer here applies unchanged. Another scoring rule is a new class here and one line in
+``make_scorer`` (docs/DESIGN.md, Decoding algorithm).
 """
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ It ships inside the package as package data (pyproject.toml), found at run time 
 ``magnet_fast.demo.DEMO_MODEL``.
 
     python weights/make_default.py [--out magnet_fast/demo/magnet-tiny-demo]
+    python weights/make_default.py --musicgen [--out magnet_fast/demo/musicgen-tiny-demo]
+
+``--musicgen`` builds the MusicGen demo beside it (same tiny geometry, causal, delay pattern): the CLI's
+``--hybrid`` / ``--rescore`` and ``--model`` MusicGen paths run on it. It has its own copy of the demo T5
+(256 KB) and uses the MAGNeT demo's codec folder (config.json's codec path ``../magnet-tiny-demo/codec``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 DEMO_OUT = Path(__file__).resolve().parents[1] / "magnet_fast" / "demo" / "magnet-tiny-demo"
+MUSICGEN_OUT = DEMO_OUT.parent / "musicgen-tiny-demo"
 
 WORDS = ("a an and the with of for in on to by at beat beats bass drum drums guitar piano synth synths "
          "electronic edm disco funky groove rock jazz calm happy sad energetic melodic catchy track music "
@@ -81,13 +87,46 @@ def make_lm(cfg, seed: int) -> dict:
     return {k: v.to(torch.float16).contiguous() for k, v in lm.state_dict().items()}
 
 
+MUSICGEN_NOTICE = ("untrained demo weights (random): the audio is noise. For music, convert a released "
+                   "checkpoint: magnet-fast convert <facebook/musicgen-small download> OUT")
+
+
+def make_musicgen(out: Path, seed: int) -> None:
+    """The MusicGen demo: the MAGNeT demo's geometry and T5, causal LM weights of its own."""
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.params import ARParams
+    codec = dict(MagnetConfig.load(DEMO_OUT).codec, path="../magnet-tiny-demo/codec")
+    cfg = MagnetConfig(dim=64, num_heads=4, num_layers=2, card=2048, t5_name="t5", t5_dim=64, codec=codec,
+                       notice=MUSICGEN_NOTICE, kind="musicgen", delays=(0, 1, 2, 3), lm_cfg_coef=3.0,
+                       span_len=1, subcodes_context=-1, segment_duration=30.0, generation=ARParams(),
+                       source={"file": "weights/make_default.py --musicgen", "seed": seed})
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
+    try:
+        shutil.copytree(DEMO_OUT / "t5", tmp / "t5")
+        save_file(make_lm(cfg, seed), str(tmp / "model.safetensors"), metadata={"format": "magnet_fast/1"})
+        dataclasses.replace(cfg, weights_dtype="float16").save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEMO_OUT))
+    ap.add_argument("--out")
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--musicgen", action="store_true", help="build the MusicGen demo instead")
     args = ap.parse_args()
     from magnet_fast.config import MagnetConfig
-    out = Path(args.out)
+    if args.musicgen:
+        out = Path(args.out or MUSICGEN_OUT)
+        make_musicgen(out, args.seed + 10)
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        print(f"wrote {out} ({size / 1e6:.2f} MB)")
+        return
+    out = Path(args.out or DEMO_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:

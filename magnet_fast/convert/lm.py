@@ -20,6 +20,7 @@ from magnet_fast.convert.codec import convert_codec
 from magnet_fast.convert.xpcfg import XpConfig, load_xp_yaml
 from magnet_fast.convert.zipcheck import check_zip_sizes
 from magnet_fast.errors import CheckpointError, ConfigError
+from magnet_fast.params import MUSICGEN_DEFAULT_DURATION, ARParams
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -29,6 +30,11 @@ REQUIRED_LM = {"causal": False, "norm_first": True, "bias_ff": False, "bias_attn
                "bias_proj": False, "positional_embedding": "sin", "activation": "gelu",
                "norm": "layer_norm", "kv_repeat": 1, "qk_layer_norm": False, "layer_scale": None,
                "xpos": False, "two_step_cfg": False}
+# MusicGen / AudioGen (lm_model 'transformer_lm'): the same layers, causal, no restricted context; the LM's
+# own two_step_cfg default is never used (MusicGen passes its generation parameter)
+REQUIRED_AR = {**{k: v for k, v in REQUIRED_LM.items() if k != "two_step_cfg"}, "causal": True,
+               "past_context": None}
+LM_KINDS = {"transformer_lm_magnet": "magnet", "transformer_lm": "musicgen"}
 
 _REQUIRED = object()
 T5_PROJ = "condition_provider.conditioners.description.output_proj"
@@ -78,16 +84,17 @@ def config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
         return _config_from_xp(xp_yaml, best_state, where)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{where}: xp.cfg has a missing or malformed field ({type(e).__name__}: {e}); "
-                          "is this an unmodified audiocraft MAGNeT export?") from None
+                          "is this an unmodified audiocraft MAGNeT or MusicGen export?") from None
 
 
 def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
     xp = load_xp_yaml(xp_yaml, f"{where}: xp.cfg")
     if not isinstance(xp, dict):
         raise ConfigError(f"{where}: xp.cfg is not a mapping")
-    if xp.get("lm_model") != "transformer_lm_magnet":
-        raise ConfigError(f"{where}: lm_model is {xp.get('lm_model')!r}, not 'transformer_lm_magnet': "
-                          "this converter handles MAGNeT checkpoints only")
+    kind = LM_KINDS.get(xp.get("lm_model"))
+    if kind is None:
+        raise ConfigError(f"{where}: lm_model is {xp.get('lm_model')!r}; this converter handles MAGNeT "
+                          "('transformer_lm_magnet') and MusicGen/AudioGen ('transformer_lm') checkpoints")
     cfgx = XpConfig(xp, f"{where}: xp.cfg")
     if not isinstance(cfgx._lookup("transformer_lm", None), dict):   # _lookup: nothing resolved yet
         raise ConfigError(f"{where}: xp.cfg has no 'transformer_lm' section")
@@ -97,10 +104,13 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
         if value is _REQUIRED:
             raise KeyError(key)
         return value
-    for key, want in REQUIRED_LM.items():
+    family = "MAGNeT" if kind == "magnet" else "MusicGen"
+    if kind == "musicgen":
+        _check_musicgen_features(xp, cfgx, where)
+    for key, want in (REQUIRED_LM if kind == "magnet" else REQUIRED_AR).items():
         if lm(key, want) != want:
             raise ConfigError(f"{where}: transformer_lm.{key} = {lm(key, want)!r} is not supported "
-                              f"(released MAGNeT models use {want!r})")
+                              f"(released {family} models use {want!r})")
     if cfgx.get("conditioners.description.model") != "t5":
         raise ConfigError(f"{where}: only T5 text conditioning ('description') is supported")
     if "description" not in (cfgx.get("fuser.cross", []) or []):
@@ -121,6 +131,8 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
                               f"outputs width {T5_WIDTHS[t5_name]}; the weights and xp.cfg do not belong together")
     n_q, num_layers = int(lm("n_q")), int(lm("num_layers"))
     check_counts(best_state, n_q, num_layers, where)      # before anything sized by them is built
+    if kind == "musicgen":
+        return _musicgen_config(cfgx, lm, xp, n_q, num_layers, t5_name, int(proj.shape[1]), where)
     # audiocraft's loader overwrites these three from other sections (see docs/DESIGN.md, Conversion)
     cfg = MagnetConfig(
         dim=int(lm("dim")), num_heads=int(lm("num_heads")), num_layers=num_layers,
@@ -131,6 +143,55 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
         t5_name=t5_name, t5_dim=int(proj.shape[1]),
         sample_rate=int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000,
         generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[:n_q] + (10,) * max(0, n_q - 4)))
+    cfg.validate(where)
+    return cfg
+
+
+def _check_musicgen_features(xp: dict, cfgx: XpConfig, where: str) -> None:
+    """Refuse, with what is not supported, the MusicGen variants this runtime does not run."""
+    conditioners = cfgx.get("conditioners", {}) or {}
+    if isinstance(conditioners, dict) and any(
+            isinstance(c, dict) and c.get("model") in ("chroma_stem", "chroma") or name == "self_wav"
+            for name, c in conditioners.items()):
+        raise CheckpointError(f"{where}: this is a MusicGen melody model (chroma conditioning on a reference "
+                              "audio); melody conditioning is not supported: use a text-to-music MusicGen "
+                              "(musicgen-small/medium/large)")
+    channels = xp.get("channels", 1)
+    if channels != 1 or cfgx.get("interleave_stereo_codebooks.use", False):
+        raise CheckpointError(f"{where}: this is a stereo MusicGen ({channels} channels, interleaved codebooks); "
+                              "stereo is not supported: use a mono MusicGen (musicgen-small/medium/large)")
+    for key in ("conditioners.description.model",):
+        if cfgx.get(key, None) is None:
+            raise ConfigError(f"{where}: expected a T5 'description' conditioner")
+
+
+def _musicgen_config(cfgx: XpConfig, lm, xp: dict, n_q: int, num_layers: int, t5_name: str, t5_dim: int,
+                     where: str) -> MagnetConfig:
+    modeling = cfgx.get("codebooks_pattern.modeling", None)
+    if modeling is None:
+        modeling = lm("q_modeling", None)
+    if modeling != "delay":
+        raise ConfigError(f"{where}: codebooks_pattern.modeling = {modeling!r} is not supported (released "
+                          "MusicGen models use 'delay')")
+    delays = cfgx.get("codebooks_pattern.delay.delays", None)
+    if delays is None:
+        delays = list(range(n_q))
+    for key in ("flatten_first", "empty_initial"):
+        if cfgx.get(f"codebooks_pattern.delay.{key}", 0):
+            raise ConfigError(f"{where}: codebooks_pattern.delay.{key} = "
+                              f"{cfgx.get(f'codebooks_pattern.delay.{key}')!r} is not supported (released: 0)")
+    if not isinstance(delays, list) or len(delays) != n_q:
+        raise ConfigError(f"{where}: codebooks_pattern.delay.delays = {delays!r}: expected {n_q} delays")
+    segment = float(cfgx.get("dataset.segment_duration"))
+    sample_rate = int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000
+    coef = float(cfgx.get("classifier_free_guidance.inference_coef", 3.0))
+    cfg = MagnetConfig(
+        dim=int(lm("dim")), num_heads=int(lm("num_heads")), num_layers=num_layers, card=int(lm("card")),
+        n_q=n_q, hidden_scale=int(lm("hidden_scale", 4)), subcodes_context=-1, span_len=1, frame_rate=50,
+        segment_duration=segment, max_period=float(lm("max_period", 10000)),
+        positional_scale=float(lm("positional_scale", 1.0)), t5_name=t5_name, t5_dim=t5_dim,
+        sample_rate=sample_rate, kind="musicgen", delays=tuple(int(d) for d in delays), lm_cfg_coef=coef,
+        generation=ARParams(duration=min(MUSICGEN_DEFAULT_DURATION, segment)))
     cfg.validate(where)
     return cfg
 

@@ -1,0 +1,728 @@
+"""A drop-in for audiocraft 1.3.0's generation API, run by magnet_fast (README, "Coming from audiocraft").
+
+Change the imports and nothing else::
+
+    from magnet_fast.compat import MAGNeT, audio_write, display_audio    # was: from audiocraft... import ...
+
+    model = MAGNeT.get_pretrained('facebook/magnet-small-10secs')        # from the local HF cache, converted once
+    model.set_generation_params(span_arrangement='stride1')
+    wav, tokens = model.generate(['calm piano'], progress=True, return_tokens=True)   # [B, 1, T], [B, 4, T']
+    audio_write('out/0', wav[0].cpu(), model.sample_rate, strategy='loudness', loudness_compressor=True)
+
+What is here (audiocraft's names, signatures and defaults):
+
+* ``MAGNeT`` and ``MusicGen``: ``get_pretrained(name, device=None)``, ``set_generation_params(...)``,
+  ``generate``, ``generate_unconditional``, ``generate_continuation``, ``generate_audio``,
+  ``set_custom_progress_callback``, ``sample_rate``, ``frame_rate``, ``audio_channels``, ``max_duration``,
+  ``duration``, ``generation_params``, ``name``, ``device``, and the attributes the demos reach into:
+  ``compression_model`` (``sample_rate``, ``frame_rate``, ``channels``, ``cardinality``, ``num_codebooks``,
+  ``encode``, ``decode``) and ``lm.cfg`` (``dataset.segment_duration``, ``transformer_lm.*``, ...; a
+  read-only summary of the converted config, not audiocraft's whole Hydra config). ``MusicGen`` needs the
+  engine ``magnet_fast.MusicGenFast``; melody (``generate_with_chroma``) and stereo models are refused.
+* ``audio_write`` (the strategies ``peak``, ``clip``, ``rms``, ``loudness``; WAV only), ``normalize_audio``,
+  ``loudness`` (ITU-R BS.1770-4, pure torch) and ``display_audio`` (players in a notebook, nothing elsewhere).
+* ``MultiBandDiffusion``: importable, so the demos' import line works; using it is a ConfigError.
+
+Names resolve through ``magnet_fast.hub.resolve_model``: a hub name from the local Hugging Face cache (where
+audiocraft's own download puts the files), an audiocraft export folder or a ``magnet-fast convert`` folder;
+conversions are cached (``MAGNET_FAST_CACHE``). Nothing is downloaded unless ``allow_download=True``.
+
+Faithfulness: on CPU the models run ``attention="exact"`` (``CPU_ATTENTION``), so ``torch.manual_seed(s)``
+followed by ``generate`` gives audiocraft's tokens for that seed (tested against audiocraft's own outputs).
+``get_pretrained(..., attention="windowed")`` or ``model.set_attention("windowed")`` is the faster CPU
+path (not bitwise; see README). On CUDA the engine defaults apply (Triton attention, bf16), where parity
+with audiocraft (fp16 autocast) is statistical, as before.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from magnet_fast.api import MagnetFast
+from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
+from magnet_fast.hub import resolve_model
+
+__all__ = ["MAGNeT", "MusicGen", "MultiBandDiffusion", "audio_write", "display_audio", "normalize_audio",
+           "loudness", "CPU_ATTENTION"]
+
+CPU_ATTENTION = "exact"      # what get_pretrained uses on CPU unless attention= is given (None: engine default)
+
+# audiocraft's MusicGen.get_pretrained maps these short names (with a deprecation warning)
+_MUSICGEN_SHORT_NAMES = {"small": "facebook/musicgen-small", "medium": "facebook/musicgen-medium",
+                         "large": "facebook/musicgen-large", "melody": "facebook/musicgen-melody"}
+_UNSUPPORTED = (("melody", "melody (chroma) conditioning"), ("stereo", "stereo output"),
+                ("musicgen-style", "style conditioning"))
+
+
+# ============================================================================================ views
+class AttrDict(dict):
+    """Read-only view by attribute or key (``cfg.dataset.segment_duration``), like audiocraft's OmegaConf
+    node; nested dicts are AttrDicts too."""
+
+    def __init__(self, data: dict):
+        super().__init__({k: AttrDict(v) if isinstance(v, dict) else v for k, v in data.items()})
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no field {name!r}: magnet_fast.compat keeps {sorted(self)} "
+                                 "here, not audiocraft's whole training config") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("the config is read-only: use set_generation_params to change generation settings")
+
+
+def _number(x):
+    """10.0 -> 10 (audiocraft's YAML holds ints for whole durations), other values unchanged."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _cfg_view(engine) -> AttrDict:
+    cfg = engine.config
+    kind = getattr(cfg, "kind", "magnet")
+    lm = {k: getattr(cfg, k) for k in ("dim", "num_heads", "num_layers", "hidden_scale", "n_q", "card")
+          if hasattr(cfg, k)}
+    if kind == "magnet":
+        lm["subcodes_context"] = cfg.subcodes_context
+    view = {"dataset": {"segment_duration": _number(float(engine.duration))},
+            "sample_rate": int(engine.sample_rate),
+            "channels": int(engine.codec.channels),
+            "lm_model": "transformer_lm_magnet" if kind == "magnet" else "transformer_lm",
+            "transformer_lm": lm,
+            "conditioners": {"description": {"model": "t5", "t5": {"name": cfg.t5_name}}}}
+    if kind == "magnet":
+        view["masking"] = {"span_len": cfg.span_len}
+    elif getattr(cfg, "delays", None):
+        view["codebooks_pattern"] = {"modeling": "delay", "delay": {"delays": list(cfg.delays)}}
+    return AttrDict(view)
+
+
+class CompressionModel:
+    """``model.compression_model``: the codec with audiocraft's CompressionModel surface."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    @property
+    def _codec(self):
+        return self._engine.codec
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._codec.sample_rate)
+
+    @property
+    def frame_rate(self):
+        return self._codec.frame_rate
+
+    @property
+    def channels(self) -> int:
+        return int(self._codec.channels)
+
+    @property
+    def cardinality(self) -> int:
+        return int(self._codec.card)
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self._engine.config.n_q)
+
+    @property
+    def total_codebooks(self) -> int:
+        return int(self._codec.n_q)
+
+    def encode(self, x: torch.Tensor):
+        """Audio [B, C, T] at ``sample_rate`` -> (codes [B, K, T'], None), as audiocraft."""
+        return _plain(self._engine.encode(x, self.sample_rate)), None
+
+    def decode(self, codes: torch.Tensor, scale=None) -> torch.Tensor:
+        """Codes [B, K, T'] -> audio [B, C, T]; ``scale`` must be None (EnCodec without renormalisation)."""
+        if scale is not None:
+            raise ParameterError("scale must be None: the codec does not renormalise")
+        return _plain(self._engine.decode(codes))
+
+    def eval(self):
+        return self
+
+    def __repr__(self) -> str:
+        return (f"CompressionModel(sample_rate={self.sample_rate}, frame_rate={self.frame_rate}, "
+                f"channels={self.channels}, codebooks={self.num_codebooks}x{self.cardinality})")
+
+
+class LanguageModel:
+    """``model.lm``: what the demos read (``cfg``), plus the LM's sizes; generation goes through the model."""
+
+    def __init__(self, engine, cfg: AttrDict):
+        self._engine = engine
+        self.cfg = cfg
+
+    @property
+    def card(self) -> int:
+        return int(self._engine.config.card)
+
+    @property
+    def n_q(self) -> int:
+        return int(self._engine.config.n_q)
+
+    num_codebooks = n_q
+
+    @property
+    def special_token_id(self) -> int:
+        return self.card
+
+    def parameters(self):
+        return self._engine.lm.parameters()
+
+    def eval(self):
+        return self
+
+    def __repr__(self) -> str:
+        return f"LanguageModel({self.cfg.lm_model}, {self.n_q}x{self.card}, segment {self.cfg.dataset.segment_duration} s)"
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """An ordinary tensor (audiocraft returns no_grad tensors; the engine's are inference tensors, which
+    refuse in-place updates outside inference mode)."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
+class _MagnetEngine(MagnetFast):
+    """MagnetFast that reports each decoding step to ``step_report(done, total)`` while it is set."""
+
+    step_report = None
+
+    def _decode(self, *args, **kwargs):
+        # MagnetFast._decode(..., params, ..., progress, ..., on_step=None, ...): bound by name, so other
+        # arguments it grows pass through untouched
+        report = self.step_report
+        if report is None:
+            return MagnetFast._decode(self, *args, **kwargs)
+        bound = inspect.signature(MagnetFast._decode).bind(self, *args, **kwargs)
+        given = bound.arguments
+        total, done, on_step = sum(given["params"].decoding_steps), [0], given.get("on_step")
+
+        def step(stage, index, state):
+            if on_step is not None:
+                on_step(stage, index, state)
+            done[0] += 1
+            report(done[0], total)
+        given["progress"], given["on_step"] = False, step
+        return MagnetFast._decode(*bound.args, **bound.kwargs)
+
+
+def _print_progress(generated: int, to_generate: int) -> None:
+    print(f"{generated: 6d} / {to_generate: 6d}", end="\r", flush=True)     # audiocraft's default display
+
+
+def _device(device):
+    from magnet_fast.inputs import check_device
+    if device is None:
+        device = "cuda" if torch.cuda.device_count() else "cpu"
+    return check_device(device)
+
+
+def _attention(attention, device: torch.device):
+    if attention is not None:
+        return attention
+    return CPU_ATTENTION if device.type == "cpu" else None
+
+
+def _check_kind(folder: Path, want: str, name: str) -> None:
+    from magnet_fast.config import MagnetConfig
+    kind = MagnetConfig.load(folder).kind
+    if kind != want:
+        other = "MusicGen" if kind == "musicgen" else "MAGNeT"
+        raise ConfigError(f"{name!r} is a {other} model; load it with magnet_fast.compat.{other}.get_pretrained")
+
+
+def _refuse_unsupported(name: str) -> None:
+    if Path(name).expanduser().exists():
+        return                                  # a folder: the converter decides from its xp.cfg
+    low = name.lower()
+    for word, what in _UNSUPPORTED:
+        if word in low:
+            raise ConfigError(f"{name!r}: {what} is not supported by magnet_fast; use a mono text-to-music "
+                              "model (facebook/musicgen-small, -medium, -large; facebook/magnet-*)")
+
+
+# ============================================================================================ models
+class _GenModel:
+    """What MAGNeT and MusicGen share: audiocraft's BaseGenModel surface over a magnet_fast engine."""
+
+    def __init__(self, name: str, engine):
+        self.name = name
+        self.engine = engine
+        self.compression_model = CompressionModel(engine)
+        self.lm = LanguageModel(engine, _cfg_view(engine))
+        self.cfg = self.lm.cfg
+        self.max_duration = _number(float(engine.duration))
+        self.duration = self.max_duration
+        self.extend_stride = None
+        self.device = engine.device
+        self.generation_params: dict = {}
+        self._progress_callback = None
+
+    # ------------------------------------------------------------------------------------ facts
+    @property
+    def frame_rate(self):
+        """Codec frames per second."""
+        return self.compression_model.frame_rate
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate of the generated audio."""
+        return self.compression_model.sample_rate
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the generated audio."""
+        return self.compression_model.channels
+
+    def set_custom_progress_callback(self, progress_callback=None) -> None:
+        """``progress_callback(done, total)`` replaces the default display when generating with progress=True."""
+        if progress_callback is not None and not callable(progress_callback):
+            raise ParameterError("progress_callback must be callable (done, total) or None")
+        self._progress_callback = progress_callback
+
+    def set_attention(self, backend: str) -> None:
+        """magnet_fast's attention backend: 'exact' (audiocraft's tokens on CPU) or a faster one
+        ('windowed' on CPU, 'triton' / 'sdpa' on CUDA)."""
+        self.engine.set_attention(backend)
+
+    def _reporter(self, progress: bool):
+        if not progress:
+            return None
+        return self._progress_callback or _print_progress
+
+    # ------------------------------------------------------------------------------------ generation
+    def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False):
+        """``num_samples`` unconditional samples: audio [B, C, T] (and tokens [B, K, T'] with return_tokens)."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ParameterError(f"num_samples must be a positive integer, got {num_samples!r}")
+        return self._finish(self._generate_tokens([None] * num_samples, None, progress), return_tokens)
+
+    def generate(self, descriptions, progress: bool = False, return_tokens: bool = False):
+        """Samples conditioned on ``descriptions`` (None rows are unconditional): audio [B, C, T] (and tokens
+        [B, K, T'] with return_tokens)."""
+        from magnet_fast.inputs import check_descriptions
+        descriptions = check_descriptions(descriptions)
+        self.engine.load_codec()                     # fail before decoding if the codec cannot load
+        return self._finish(self._generate_tokens(descriptions, None, progress), return_tokens)
+
+    def generate_continuation(self, prompt: torch.Tensor, prompt_sample_rate: int, descriptions=None,
+                              progress: bool = False, return_tokens: bool = False):
+        """Continue ``prompt`` ([B, C, T] or [C, T] at ``prompt_sample_rate``), optionally text-conditioned.
+        The output starts with the (re-encoded) prompt, as in audiocraft."""
+        from magnet_fast.inputs import check_descriptions
+        if not isinstance(prompt, torch.Tensor):
+            raise ParameterError("prompt must be a torch.Tensor of audio samples [B, C, T] or [C, T]")
+        if prompt.dim() == 2:
+            prompt = prompt[None]
+        if prompt.dim() != 3:
+            raise ParameterError("prompt should have 3 dimensions: [B, C, T] (C = 1).")
+        if descriptions is None:
+            descriptions = [None] * len(prompt)
+        descriptions = check_descriptions(descriptions)
+        if len(descriptions) != len(prompt):
+            raise ParameterError(f"Prompt and nb. descriptions doesn't match: {len(prompt)} prompt rows, "
+                                 f"{len(descriptions)} descriptions")
+        rate = prompt_sample_rate
+        if isinstance(rate, float) and rate.is_integer():
+            rate = int(rate)
+        prompt_tokens = self.engine.prompt_tokens(prompt, len(descriptions), rate)
+        self._check_prompt_length(prompt_tokens)
+        return self._finish(self._generate_tokens(descriptions, prompt_tokens, progress), return_tokens)
+
+    def generate_audio(self, gen_tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, K, T'] -> audio [B, C, T]."""
+        if not isinstance(gen_tokens, torch.Tensor) or gen_tokens.dim() != 3:
+            raise ParameterError("gen_tokens must be a tensor [B, K, T]")
+        return _plain(self.engine.decode(gen_tokens))
+
+    def _finish(self, tokens: torch.Tensor, return_tokens: bool):
+        tokens = _plain(tokens)
+        audio = self.generate_audio(tokens)
+        return (audio, tokens) if return_tokens else audio
+
+    def _check_prompt_length(self, prompt_tokens: torch.Tensor) -> None:
+        pass
+
+    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, {self.sample_rate} Hz, {self.max_duration} s, "
+                f"device={self.device})")
+
+
+class MAGNeT(_GenModel):
+    """audiocraft's ``MAGNeT`` over ``magnet_fast.MagnetFast`` (the model's ``engine``)."""
+
+    def __init__(self, name: str, engine):
+        super().__init__(name, engine)
+        self.set_generation_params()
+
+    @staticmethod
+    def get_pretrained(name: str = "facebook/magnet-small-10secs", device=None, *, attention: str | None = None,
+                       allow_download: bool = False) -> MAGNeT:
+        """Load a MAGNeT: a hub name (from the local Hugging Face cache; converted once into
+        ``MAGNET_FAST_CACHE``), an audiocraft export folder, or a ``magnet-fast convert`` folder.
+
+        device: None -> 'cuda' if available, else 'cpu' (as audiocraft). attention: None -> 'exact' on CPU
+        (audiocraft's tokens; ``CPU_ATTENTION``), the engine default on CUDA; or a backend name ('windowed'
+        is the faster CPU path). allow_download: fetch missing files from the Hub (off by default)."""
+        device = _device(device)
+        folder = resolve_model(name, allow_download=allow_download)
+        _check_kind(folder, "magnet", name)
+        engine = _MagnetEngine.from_pretrained(folder, device=device, allow_download=allow_download,
+                                               attention=_attention(attention, device))
+        engine.load_codec()                          # audiocraft loads the codec with the model
+        return MAGNeT(name, engine)
+
+    def set_generation_params(self, use_sampling: bool = True, top_k: int = 0, top_p: float = 0.9,
+                              temperature: float = 3.0, max_cfg_coef: float = 10.0, min_cfg_coef: float = 1.0,
+                              decoding_steps=(20, 10, 10, 10), span_arrangement: str = "nonoverlap") -> None:
+        """audiocraft's MAGNeT settings, with its defaults (``decoding_steps`` per codebook; top_p > 0 wins
+        over top_k). Checked now: a bad value is a ParameterError here, not at generation."""
+        try:
+            steps = [int(s) for s in decoding_steps]
+        except (TypeError, ValueError):
+            raise ParameterError(f"decoding_steps must be a list of {self.lm.n_q} integers, got "
+                                 f"{decoding_steps!r}") from None
+        params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
+                  "max_cfg_coef": max_cfg_coef, "min_cfg_coef": min_cfg_coef, "decoding_steps": steps,
+                  "span_arrangement": span_arrangement}
+        self.engine.params(**self._engine_kwargs(params))      # validate before keeping
+        self.generation_params = params
+
+    @staticmethod
+    def _engine_kwargs(params: dict) -> dict:
+        # anneal_temp and span_scoring are fixed by audiocraft's MAGNeT (lm.generate's defaults)
+        return {"use_sampling": params["use_sampling"], "temperature": params["temp"], "top_k": params["top_k"],
+                "top_p": params["top_p"], "max_cfg_coef": params["max_cfg_coef"],
+                "min_cfg_coef": params["min_cfg_coef"], "decoding_steps": list(params["decoding_steps"]),
+                "span_arrangement": params["span_arrangement"], "anneal_temp": True, "span_scoring": "max"}
+
+    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool) -> torch.Tensor:
+        self.engine.step_report = self._reporter(progress)
+        try:
+            return self.engine.generate_tokens(descriptions, prompt=prompt_tokens,
+                                               **self._engine_kwargs(self.generation_params))
+        finally:
+            self.engine.step_report = None
+
+
+def _musicgen_engine():
+    try:
+        from magnet_fast import MusicGenFast
+    except ImportError:
+        raise ConfigError("MusicGen needs the engine magnet_fast.MusicGenFast, which this magnet_fast does not "
+                          "have; upgrade magnet_fast (MAGNeT models work: magnet_fast.compat.MAGNeT)") from None
+    return MusicGenFast
+
+
+class MusicGen(_GenModel):
+    """audiocraft's ``MusicGen`` (text-to-music, mono) over ``magnet_fast.MusicGenFast``."""
+
+    def __init__(self, name: str, engine):
+        super().__init__(name, engine)
+        self.set_generation_params(duration=15)     # audiocraft's default duration
+
+    @staticmethod
+    def get_pretrained(name: str = "facebook/musicgen-melody", device=None, *, attention: str | None = None,
+                       allow_download: bool = False) -> MusicGen:
+        """Load a MusicGen like ``MAGNeT.get_pretrained`` does. audiocraft's default name is the melody model,
+        which is not supported: pass e.g. 'facebook/musicgen-small'."""
+        if name == "debug":
+            raise ConfigError("the 'debug' model is audiocraft's random test model; magnet_fast has no equivalent: "
+                              "pass a released name such as 'facebook/musicgen-small'")
+        if name in _MUSICGEN_SHORT_NAMES:
+            warnings.warn("MusicGen pretrained model relying on deprecated checkpoint mapping. Please use full "
+                          f"pre-trained id instead: {_MUSICGEN_SHORT_NAMES[name]}", stacklevel=2)
+            name = _MUSICGEN_SHORT_NAMES[name]
+        if not isinstance(name, str):
+            raise CheckpointError(f"model name must be a string, got {name!r}")
+        _refuse_unsupported(name)
+        engine_cls = _musicgen_engine()
+        device = _device(device)
+        folder = resolve_model(name, allow_download=allow_download)
+        _check_kind(folder, "musicgen", name)
+        engine = engine_cls.from_pretrained(folder, device=device, allow_download=allow_download,
+                                            attention=_attention(attention, device))
+        codec = engine.load_codec()
+        if int(codec.channels) != 1:
+            raise ConfigError(f"{name!r} produces {codec.channels} channels; stereo is not supported by magnet_fast")
+        return MusicGen(name, engine)
+
+    def set_generation_params(self, use_sampling: bool = True, top_k: int = 250, top_p: float = 0.0,
+                              temperature: float = 1.0, duration: float = 30.0, cfg_coef: float = 3.0,
+                              two_step_cfg: bool = False, extend_stride: float = 18) -> None:
+        """audiocraft's MusicGen settings, with its defaults. ``duration`` may exceed ``max_duration``:
+        the model then continues its own output in windows ``extend_stride`` seconds apart, as audiocraft."""
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not (
+                math.isfinite(duration) and duration > 0):
+            raise ParameterError(f"duration must be a positive number of seconds, got {duration!r}")
+        if isinstance(extend_stride, bool) or not isinstance(extend_stride, (int, float)) or not (
+                0 < extend_stride < self.max_duration):
+            raise ParameterError(f"Cannot stride by more than max generation duration: extend_stride must be in "
+                                 f"(0, {self.max_duration}) s, got {extend_stride!r}")
+        params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
+                  "cfg_coef": cfg_coef, "two_step_cfg": two_step_cfg}
+        if hasattr(self.engine, "params"):           # validate now where the engine can
+            self.engine.params(**self._engine_kwargs(params, min(float(duration), float(self.max_duration))))
+        self.extend_stride = extend_stride
+        self.duration = duration
+        self.generation_params = params
+
+    def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate, progress: bool = False,
+                             return_tokens: bool = False):
+        """Not supported: melody (chroma) conditioning needs musicgen-melody, which magnet_fast does not run."""
+        raise ConfigError("generate_with_chroma: melody (chroma) conditioning is not supported by magnet_fast; "
+                          "use generate (text) or generate_continuation (audio prompt)")
+
+    @staticmethod
+    def _engine_kwargs(params: dict, duration: float) -> dict:
+        return {"use_sampling": params["use_sampling"], "temperature": params["temp"], "top_k": params["top_k"],
+                "top_p": params["top_p"], "cfg_coef": params["cfg_coef"], "two_step_cfg": params["two_step_cfg"],
+                "duration": duration}
+
+    def _check_prompt_length(self, prompt_tokens: torch.Tensor) -> None:
+        limit = int(min(self.duration, self.max_duration) * self.frame_rate)
+        if prompt_tokens.shape[-1] >= limit:
+            raise ParameterError(f"the prompt ({prompt_tokens.shape[-1]} frames) must be shorter than the audio to "
+                                 f"generate ({limit} frames = {min(self.duration, self.max_duration)} s)")
+
+    def _chunk(self, descriptions, prompt, duration: float, progress: bool, offset: int) -> torch.Tensor:
+        report = self._reporter(progress)
+        kwargs = self._engine_kwargs(self.generation_params, duration)
+        accepts = inspect.signature(self.engine.generate_tokens).parameters
+        if report is not None and "callback" in accepts:
+            kwargs["callback"] = lambda done, total, show=report: show(done + offset, total)
+            report = None
+        elif report is _print_progress:
+            kwargs["progress"] = True                # the engine's own display
+            report = None
+        tokens = self.engine.generate_tokens(descriptions, prompt=prompt, **kwargs)
+        if report is not None:                       # a custom callback the engine cannot call per step
+            n_prompt = 0 if prompt is None else prompt.shape[-1]
+            report(offset + tokens.shape[-1] - n_prompt, int(duration * self.frame_rate) - n_prompt)
+        return tokens
+
+    def _generate_tokens(self, descriptions, prompt_tokens, progress: bool) -> torch.Tensor:
+        if self.duration <= self.max_duration:
+            return self._chunk(descriptions, prompt_tokens, float(self.duration), progress, 0)
+        # longer than the model's window: continue the last (max_duration - extend_stride) s, as audiocraft
+        total = int(self.duration * self.frame_rate)
+        stride = int(self.frame_rate * self.extend_stride)
+        pieces, offset = [], 0
+        prompt_length = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+        if prompt_tokens is not None:
+            pieces.append(prompt_tokens)
+        while offset + prompt_length < total:
+            chunk = min(self.duration - offset / self.frame_rate, self.max_duration)
+            tokens = self._chunk(descriptions, prompt_tokens, float(chunk), progress, offset)
+            pieces.append(tokens if prompt_tokens is None else tokens[:, :, prompt_tokens.shape[-1]:])
+            prompt_tokens = tokens[:, :, stride:]
+            prompt_length = prompt_tokens.shape[-1]
+            offset += stride
+        return torch.cat(pieces, dim=-1)
+
+
+class MultiBandDiffusion:
+    """audiocraft's diffusion decoder: not supported (the demos import it; using it raises ConfigError)."""
+
+    def __init__(self, *args, **kwargs):
+        raise self._unsupported()
+
+    @staticmethod
+    def _unsupported() -> ConfigError:
+        return ConfigError("MultiBandDiffusion (the diffusion decoder) is not supported by magnet_fast; decode "
+                           "tokens with model.generate_audio (EnCodec)")
+
+    @staticmethod
+    def get_mbd_musicgen(device=None):
+        raise MultiBandDiffusion._unsupported()
+
+    @staticmethod
+    def get_mbd_24khz(bw: float = 3.0, device=None, n_q=None):
+        raise MultiBandDiffusion._unsupported()
+
+
+# ============================================================================================ audio out
+def _in_notebook():
+    """The running IPython kernel's shell, or None (a script, a terminal IPython, no IPython at all)."""
+    ipython = sys.modules.get("IPython")       # a notebook has imported it already; never import it here
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if callable(get) else None
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
+
+
+def display_audio(samples: torch.Tensor, sample_rate: int) -> None:
+    """Show an audio player per row of ``samples`` ([B, C, T] or [C, T]) in a notebook; outside a notebook
+    (a script, a terminal) do nothing."""
+    if not isinstance(samples, torch.Tensor) or samples.dim() not in (2, 3):
+        raise ParameterError("samples must be a tensor [B, C, T] or [C, T]")
+    if _in_notebook() is None:
+        return None
+    from IPython.display import Audio, display
+    samples = samples.detach().float().cpu()
+    if samples.dim() == 2:
+        samples = samples[None]
+    for audio in samples:
+        display(Audio(audio.numpy(), rate=sample_rate))
+    return None
+
+
+# ITU-R BS.1770-4 K-weighting at 48 kHz (Tables 1 and 2): the pre-filter (a high shelf) and the RLB high-pass
+_K_STAGES_48K = (((1.53512485958697, -2.69169618940638, 1.19839281085285), (1.0, -1.69065929318241, 0.73248077421585)),
+                 ((1.0, -2.0, 1.0), (1.0, -1.99004745483398, 0.99007225036621)))
+_CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)       # L, R, C, Ls, Rs
+
+
+def _k_weight(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """K-weighted x [C, T] (float64). The 48 kHz biquads are carried to ``sample_rate`` by the bilinear
+    map between the two rates (the digital filter at fs whose response at f is the 48 kHz one at
+    48000/pi * atan(fs/48000 * tan(pi f/fs))), applied in the frequency domain over a zero-padded FFT
+    long enough (1 s of tail) for the filters' decay, i.e. linear filtering from a zero state."""
+    n_in = x.shape[-1]
+    n = 1 << math.ceil(math.log2(n_in + sample_rate))
+    w = torch.arange(n // 2 + 1, dtype=torch.float64) * (2 * math.pi / n)
+    w48 = 2 * torch.atan((sample_rate / 48000.0) * torch.tan(w / 2))
+    z1 = torch.exp(-1j * w48)                          # z^-1 on the 48 kHz unit circle
+    h = torch.ones_like(z1)
+    for b, a in _K_STAGES_48K:
+        h = h * (b[0] + b[1] * z1 + b[2] * z1 * z1) / (a[0] + a[1] * z1 + a[2] * z1 * z1)
+    return torch.fft.irfft(torch.fft.rfft(x, n=n) * h, n=n)[..., :n_in]
+
+
+def loudness(wav: torch.Tensor, sample_rate: int) -> float:
+    """Integrated loudness in LUFS (ITU-R BS.1770-4): K-weighting, 400 ms blocks every 100 ms, channel
+    weights 1/1/1/1.41/1.41, the absolute gate at -70 LUFS and the relative gate 10 LU below the
+    absolutely gated loudness. A signal shorter than one block is one block. -inf when every block is
+    below the absolute gate (silence). wav: [C, T] or [T], at most 5 channels."""
+    if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or wav.shape[-1] == 0:
+        raise ParameterError("wav must be a non-empty tensor [C, T] or [T]")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ParameterError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    x = wav.detach().to("cpu", torch.float64)
+    if x.dim() == 1:
+        x = x[None]
+    if x.shape[0] > len(_CHANNEL_WEIGHTS):
+        raise ParameterError(f"loudness is defined for at most {len(_CHANNEL_WEIGHTS)} channels, got {x.shape[0]}")
+    y = _k_weight(x, sample_rate)
+    block = int(round(0.4 * sample_rate))
+    hop = max(1, int(round(block / 4)))
+    energy = torch.nn.functional.pad(torch.cumsum(y * y, dim=-1), (1, 0))   # energy[t] = sum of y^2 before t
+    if y.shape[-1] < block:
+        starts, block = torch.tensor([0]), y.shape[-1]
+    else:
+        starts = torch.arange(0, y.shape[-1] - block + 1, hop)
+    z = (energy[:, starts + block] - energy[:, starts]) / block           # [C, J] mean square per block
+    g = torch.tensor(_CHANNEL_WEIGHTS[: x.shape[0]], dtype=torch.float64)[:, None]
+
+    def lufs(power):
+        return -0.691 + 10 * torch.log10(power)
+    block_loudness = lufs((g * z).sum(0))
+    kept = block_loudness > -70.0
+    if not kept.any():
+        return float("-inf")
+    relative = lufs((g * z[:, kept].mean(-1, keepdim=True)).sum()) - 10.0
+    kept = kept & (block_loudness > relative)
+    return float(lufs((g * z[:, kept].mean(-1, keepdim=True)).sum()))
+
+
+def _clip(wav: torch.Tensor, log_clipping: bool, stem_name: str | None) -> torch.Tensor:
+    peak = wav.abs().max()
+    if log_clipping and peak > 1:
+        share = (wav.abs() > 1).float().mean().item()
+        print(f"CLIPPING {stem_name or ''} happening with proba (a bit of clipping is okay):", share,
+              "maximum scale: ", peak.item(), file=sys.stderr)
+    return wav.clamp(-1, 1)
+
+
+def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "peak",
+                    peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
+                    loudness_compressor: bool = False, log_clipping: bool = False, sample_rate: int | None = None,
+                    stem_name: str | None = None) -> torch.Tensor:
+    """audiocraft's strategies on [C, T] float audio. 'peak': scale the largest |sample| to
+    -peak_clip_headroom_db dBFS (with normalize=False only when it would clip); 'clip': clamp to that level;
+    'rms': scale the mono mix's RMS to -rms_headroom_db dBFS (normalize=False: only down), then clip to
+    [-1, 1]; 'loudness': scale to -loudness_headroom_db LUFS (BS.1770; left alone below an RMS of 2e-3),
+    tanh-compress if loudness_compressor, then clip; 'none' / '': unchanged (must not clip).
+    Silent audio stays silent."""
+    scale_peak = 10 ** (-peak_clip_headroom_db / 20)
+    scale_rms = 10 ** (-rms_headroom_db / 20)
+    if strategy == "peak":
+        peak = wav.abs().max()
+        if peak > 0:
+            rescaling = scale_peak / peak
+            if normalize or rescaling < 1:
+                wav = wav * rescaling
+    elif strategy == "clip":
+        wav = wav.clamp(-scale_peak, scale_peak)
+    elif strategy == "rms":
+        rms = wav.mean(dim=0).pow(2).mean().sqrt()
+        if rms > 0:
+            rescaling = scale_rms / rms
+            if normalize or rescaling < 1:
+                wav = wav * rescaling
+        wav = _clip(wav, log_clipping, stem_name)
+    elif strategy == "loudness":
+        if sample_rate is None:
+            raise ParameterError("the 'loudness' strategy needs sample_rate")
+        if wav.pow(2).mean().sqrt().item() >= 2e-3:           # audiocraft's energy floor
+            level = loudness(wav, sample_rate)
+            if math.isfinite(level):
+                wav = wav * 10.0 ** ((-loudness_headroom_db - level) / 20.0)
+                if loudness_compressor:
+                    wav = torch.tanh(wav)
+        wav = _clip(wav, log_clipping, stem_name)
+    elif strategy in ("", "none"):
+        if wav.abs().max() >= 1:
+            raise ParameterError("strategy 'none' needs audio within (-1, 1); pick 'peak', 'clip', 'rms' or "
+                                 "'loudness'")
+    else:
+        raise ParameterError(f"unknown strategy {strategy!r}: use 'peak', 'clip', 'rms', 'loudness' or 'none'")
+    return wav
+
+
+def audio_write(stem_name, wav: torch.Tensor, sample_rate: int, format: str = "wav", mp3_rate: int = 320,
+                ogg_rate: int | None = None, normalize: bool = True, strategy: str = "peak",
+                peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
+                loudness_compressor: bool = False, log_clipping: bool = True, make_parent_dir: bool = True,
+                add_suffix: bool = True) -> Path:
+    """audiocraft's ``audio_write``: normalise ``wav`` ([C, T] or [T] float) with ``strategy`` (see
+    ``normalize_audio``) and write ``stem_name`` + '.wav' as 16-bit PCM (atomically: temp file + rename).
+    Returns the path. Only format='wav' is supported (mp3/ogg/flac need ffmpeg in audiocraft)."""
+    from magnet_fast.audio import write_wav
+    if format != "wav":
+        raise ParameterError(f"format {format!r} is not supported: magnet_fast writes WAV only (format='wav'); "
+                             "convert the file afterwards (e.g. ffmpeg) for mp3/ogg/flac")
+    if not isinstance(wav, torch.Tensor) or not wav.dtype.is_floating_point:
+        raise ParameterError("wav must be a floating point tensor [C, T] or [T]")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    wav = wav.detach().float().cpu()
+    if wav.dim() == 1:
+        wav = wav[None]
+    elif wav.dim() > 2:
+        raise ParameterError(f"Input wav should be at most 2 dimension, got shape {list(wav.shape)}; write one row "
+                             "of a batch at a time (wav[i])")
+    if wav.shape[-1] == 0:
+        raise ParameterError("wav is empty")
+    if not wav.isfinite().all():
+        raise ParameterError("wav contains NaN or inf samples")
+    wav = normalize_audio(wav, normalize, strategy, peak_clip_headroom_db, rms_headroom_db, loudness_headroom_db,
+                          loudness_compressor, log_clipping=log_clipping, sample_rate=sample_rate,
+                          stem_name=str(stem_name))
+    path = Path(str(stem_name) + (".wav" if add_suffix else ""))
+    if not make_parent_dir and not path.parent.is_dir():
+        raise ParameterError(f"folder {path.parent} does not exist (pass make_parent_dir=True to create it)")
+    write_wav(path, wav, sample_rate)
+    return path

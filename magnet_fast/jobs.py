@@ -1,0 +1,776 @@
+"""Resumable batch jobs: ``magnet-fast batch JOB.jsonl --out DIR`` (and ``run_job`` in Python).
+
+A job file holds one JSON object per line: ``{"id": ..., "text": ..., "seed"?: int, "duration"?: ...,
+<any generation parameter>}``; parameters missing from a line come from the command line (``defaults``),
+then from the model. Each item becomes ``DIR/<sanitised id>.wav``, and ``DIR/manifest.jsonl`` gets one
+line per finished item (``MANIFEST_FIELDS``).
+
+- **Crash-safe.** A WAV is written to a hidden temporary sibling (``.<name>.wav.tmp-*``, never mistaken for
+  an output; stale ones are deleted when a job starts), fsynced and renamed into place; only then is its
+  manifest line appended (one ``write`` of a complete line, then ``fsync``). A ``kill -9`` leaves at most a
+  complete WAV without a manifest line (regenerated next time) and a partial last manifest line (ignored
+  with a warning and cut off before the next append).
+- **Resumable.** An item is skipped when the last manifest record for its id says ``done``, asks for the
+  same text, seed and parameters, and its file is present with the recorded sha256; anything else is
+  generated (again). Failed items are retried on the next run.
+- **Deterministic per item.** Generation runs in batch-invariant mode with one seed per item (the line's
+  ``seed``, else ``seed_from_id(id)``: sha256 of the id, 62 bits), and each item's tokens are decoded to
+  audio alone (batch of one, one CPU thread: EnCodec's convolutions on CPU differ in the last bit with
+  the batch size and the thread count, which flips 16-bit rounding). So a resumed, re-ordered, sharded or
+  Ray run writes the same bytes as one uninterrupted run.
+- **Failures are per item.** Bad lines (with their line number), unknown or bad parameters and numerics
+  errors are recorded as ``failed`` with the error, and the job goes on; the exit code is 1 when anything
+  failed. A job file that cannot be parsed at all is an error (exit 2) before any work.
+
+Items with equal parameters are decoded together, ``max_batch`` at a time. The model is any object with
+the ``generate(texts, seed=[...], batch_invariant=True, **params)`` protocol (MagnetFast, MusicGenFast);
+parameter names are checked against its ``generate_tokens`` signature. When it also has
+``generate_tokens`` + ``decode`` and accepts every parameter of a group there, tokens are generated in
+batches and decoded per item; otherwise each item goes through ``generate`` alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magnet_fast.errors import MagnetFastError
+
+MANIFEST_NAME = "manifest.jsonl"
+LOCK_NAME = ".magnet-fast-batch.lock"
+MANIFEST_FIELDS = ("id", "status", "file", "sha256", "audio_s", "wall_s", "text", "seed", "seed_from_id",
+                   "params", "error", "line", "clipped", "finished")
+# Keywords the runner sets itself; a job line may not.
+RESERVED = frozenset({"self", "descriptions", "texts", "prompt", "prompt_audio", "prompt_sample_rate", "seed",
+                      "generator", "progress", "batch_invariant", "max_batch"})
+LINE_KEYS = frozenset({"id", "text", "seed"})
+SEED_BITS = 62                       # derived seeds: < 2**62 (the model's own random seeds use this range)
+MAX_NAME = 96                        # characters kept from an id in its file name
+DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 32}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_TEMP = re.compile(r"^\..+\.wav\.tmp-[^/]*$")      # magnet_fast._io.atomic_file's names for a WAV
+
+
+class JobError(MagnetFastError, ValueError):
+    """The job as a whole cannot run (unreadable or unparseable job file, unusable output folder, another
+    job running in it). Raised before any work; the CLI prints it as one line and exits with code 2."""
+
+
+class JobWarning(UserWarning):
+    """Something in the output folder was repaired (a partial manifest line, a changed or missing file)."""
+
+
+# ----------------------------------------------------------------------------------------- items
+def seed_from_id(item_id: str) -> int:
+    """The seed of an item without one: the first 8 bytes of sha256(id) as a big-endian int, masked to
+    ``SEED_BITS`` bits (stable across runs, machines and Python versions)."""
+    digest = hashlib.sha256(item_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << SEED_BITS) - 1)
+
+
+def _id_hash(item_id: str) -> str:
+    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:8]
+
+
+def safe_name(item_id: str) -> str:
+    """A file stem for ``item_id``: [A-Za-z0-9._-] kept, anything else '_', no leading dot, at most
+    ``MAX_NAME`` characters; when that changed the id, ``-<8 hex of sha256(id)>`` is appended so that
+    different ids stay different files."""
+    stem = _SAFE.sub("_", item_id).lstrip(".")[:MAX_NAME] or "item"
+    return stem if stem == item_id else f"{stem}-{_id_hash(item_id)}"
+
+
+def file_names(ids: list[str]) -> dict[str, str]:
+    """id -> WAV file name. Ids whose names would collide (also ignoring case, for case-insensitive file
+    systems) get the id's hash appended as well."""
+    names = {i: safe_name(i) for i in ids}
+    count: dict[str, int] = {}
+    for n in names.values():
+        count[n.lower()] = count.get(n.lower(), 0) + 1
+    for i, n in names.items():
+        if count[n.lower()] > 1 and not n.endswith(f"-{_id_hash(i)}"):
+            names[i] = f"{n}-{_id_hash(i)}"
+    return {i: f"{n}.wav" for i, n in names.items()}
+
+
+@dataclass
+class Item:
+    """One job line ready to run."""
+    id: str
+    text: str | None
+    seed: int
+    seed_from_id: bool
+    params: dict[str, Any]
+    line: int
+    file: str = ""
+
+    def request(self) -> tuple:
+        """What the output depends on (compared with the manifest record on resume)."""
+        return (self.text, self.seed, _canonical(self.params))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Item:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class LineError:
+    line: int
+    id: str | None
+    error: str
+
+
+def _canonical(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, ensure_ascii=False)
+
+
+def _parse_line(obj, n: int, defaults: dict) -> Item | str:
+    """One decoded JSON line -> Item, or the error message (without the line number)."""
+    if not isinstance(obj, dict):
+        return f"must be a JSON object {{\"id\": ..., \"text\": ...}}, got {type(obj).__name__}"
+    if "id" not in obj:
+        return "has no 'id'"
+    raw = obj["id"]
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or (isinstance(raw, str) and not raw.strip()):
+        return f"'id' must be a non-empty string or an integer, got {json.dumps(raw)}"
+    item_id = str(raw)
+    if "text" not in obj:
+        return "has no 'text' (the description; null for an unconditional item)"
+    text = obj["text"]
+    if text is not None and not isinstance(text, str):
+        return f"'text' must be a string or null, got {type(text).__name__}"
+    seed = obj.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        return f"'seed' must be an integer in [0, 2**63), got {json.dumps(seed)}"
+    reserved = sorted(k for k in obj if k in RESERVED and k != "seed")
+    if reserved:
+        return f"sets {', '.join(map(repr, reserved))}, which the job runner controls"
+    params = {**defaults, **{k: v for k, v in obj.items() if k not in LINE_KEYS}}
+    return Item(item_id, text, seed_from_id(item_id) if seed is None else seed, seed is None, params, n)
+
+
+def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item], list[LineError]]:
+    """Read a job file -> (items, per-line errors). Blank lines are skipped. A line that is not JSON, not an
+    object, lacks id/text, has a bad seed or repeats an earlier id is a LineError (with the id when it has
+    a usable, first-seen one). JobError when the file is unreadable or no line parses at all."""
+    path = Path(path)
+    defaults = dict(defaults or {})
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"job file {path} is not readable UTF-8 text ({getattr(e, 'strerror', None) or e})") \
+            from None
+    items: list[Item] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    parsed_any = False
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(LineError(n, None, f"{path.name}:{n}: not valid JSON ({e.msg} at column "
+                                             f"{e.colno})"))
+            continue
+        parsed_any = parsed_any or isinstance(obj, dict)
+        got = _parse_line(obj, n, defaults)
+        raw = obj.get("id") if isinstance(obj, dict) else None
+        ok = isinstance(raw, (str, int)) and not isinstance(raw, bool) and str(raw).strip()
+        usable = str(raw) if ok else None
+        if usable is not None and usable in seen:
+            errors.append(LineError(n, None, f"{path.name}:{n}: duplicate id {usable!r} (first on line "
+                                             f"{seen[usable]})"))
+            continue
+        if usable is not None:
+            seen[usable] = n
+        if isinstance(got, str):
+            errors.append(LineError(n, usable, f"{path.name}:{n}: {got}"))
+        else:
+            items.append(got)
+    if not parsed_any:
+        what = "is empty" if not errors else f"has no line that parses as a JSON object ({errors[0].error})"
+        raise JobError(f"job file {path} {what}; expected one {{\"id\": ..., \"text\": ...}} object per line")
+    names = file_names([it.id for it in items] + [e.id for e in errors if e.id is not None])
+    for it in items:
+        it.file = names[it.id]
+    return items, errors
+
+
+# ----------------------------------------------------------------------------------------- manifest
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Manifest:
+    """``DIR/manifest.jsonl``: one JSON record per finished item, appended as a complete line and fsynced;
+    the last record per id wins. A partial last line (a crash mid-append) is ignored with a warning and cut
+    off, so the next append starts a fresh line; other unreadable lines are ignored with a warning."""
+
+    def __init__(self, path: Path, warn: Callable[[str], None]):
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        self._warn = warn
+        self._fd: int | None = None
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            self._warn(f"{self.path}: ignoring an incomplete last line (a run was interrupted while writing "
+                       "it); that item will be generated again")
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        for n, raw in enumerate(data[:end].splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self._warn(f"{self.path}:{n}: not a manifest record; ignored")
+                continue
+            if isinstance(rec.get("id"), str):
+                self.records[rec["id"]] = rec
+
+    def append(self, row: dict) -> None:
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+        if isinstance(row.get("id"), str):
+            self.records[row["id"]] = row
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def make_row(item: Item | None, status: str, *, file=None, sha256=None, audio_s=0.0, wall_s=0.0,
+             error=None, clipped=0, line=None, item_id=None) -> dict:
+    """A manifest record (``MANIFEST_FIELDS``, in that order)."""
+    return {"id": item.id if item is not None else item_id, "status": status, "file": file, "sha256": sha256,
+            "audio_s": round(audio_s, 6), "wall_s": round(wall_s, 6),
+            "text": item.text if item else None, "seed": item.seed if item else None,
+            "seed_from_id": item.seed_from_id if item else None, "params": item.params if item else None,
+            "error": error, "line": item.line if item else line, "clipped": clipped, "finished": _now()}
+
+
+# ----------------------------------------------------------------------------------------- generation
+@dataclass
+class ModelSpec:
+    """How to load a model (picklable, so Ray replicas can load their own copy): ``loader`` is
+    "module:Class" with a ``from_pretrained(path, **kwargs)``; ``kwargs`` are passed on (device, dtype,
+    t5, codec, allow_download, attention, ...)."""
+    path: str
+    kwargs: dict = field(default_factory=dict)
+    loader: str = "magnet_fast.api:MagnetFast"
+
+    @property
+    def device(self) -> str:
+        return str(self.kwargs.get("device") or "cpu")
+
+    def load(self):
+        import importlib
+        module, _, name = self.loader.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)        # e.g. the demo's "untrained weights" notice
+            return cls.from_pretrained(self.path, **self.kwargs)
+
+
+def load_model(model):
+    """A loaded model, a ModelSpec, or a zero-argument callable returning a model -> the model, with its
+    codec loaded (a missing codec fails the job before any work, not every item)."""
+    if isinstance(model, ModelSpec):
+        model = model.load()
+    elif callable(model) and not hasattr(model, "generate"):
+        model = model()
+    if callable(getattr(model, "load_codec", None)):
+        model.load_codec()
+    return model
+
+
+def _signature_names(fn) -> tuple[set[str], bool]:
+    """(keyword names of fn, whether it takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def accepted_params(model) -> tuple[set[str], bool]:
+    """Generation parameter names an item may set: the keywords of ``model.generate_tokens`` (else of
+    ``model.generate``) minus those the runner sets; and whether any name is accepted (**kwargs)."""
+    fn = getattr(model, "generate_tokens", None) or model.generate
+    names, anything = _signature_names(fn)
+    return names - RESERVED, anything
+
+
+def _split_path(model, params: dict) -> bool:
+    """Batched generate_tokens + per-item decode, when the model has both and takes every parameter."""
+    gen, dec = getattr(model, "generate_tokens", None), getattr(model, "decode", None)
+    if not (callable(gen) and callable(dec)):
+        return False
+    names, anything = _signature_names(gen)
+    return anything or ({"seed", "batch_invariant"} | set(params)) <= names
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(model):
+    """One intra-op thread while decoding on CPU: the codec's output then does not depend on the process's
+    thread count (single process vs. Ray replicas)."""
+    import torch
+    device = getattr(model, "device", None)
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def synthesize(model, texts: list, seeds: list[int], params: dict) -> list:
+    """Audio [C, S] for each text, each depending only on its own text, seed and ``params``."""
+    if _split_path(model, params):
+        tokens = model.generate_tokens(list(texts), seed=list(seeds), batch_invariant=True, **params)
+        out = []
+        with _one_cpu_thread(model):
+            for i in range(len(texts)):
+                out.append(model.decode(tokens[i:i + 1])[0])
+        return out
+    return [model.generate([t], seed=[s], batch_invariant=True, **params)[0]
+            for t, s in zip(texts, seeds, strict=True)]
+
+
+def _error_text(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _write_output(path: Path, audio, sample_rate: int) -> tuple[str, float, int]:
+    """Atomic, fsynced WAV write -> (sha256, audio seconds, clipped samples)."""
+    from magnet_fast._io import atomic_file
+    from magnet_fast.audio import wav_bytes
+    data, clipped = wav_bytes(audio, sample_rate)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest(), audio.shape[-1] / sample_rate, clipped
+
+
+def process_items(model, items: list[Item], out_dir: Path, max_batch: int) -> list[dict]:
+    """Generate and write ``items`` (any parameters): manifest rows in the order the items finish.
+    Items with equal parameters run together, ``max_batch`` at a time; when a batch fails, its items run
+    one by one so that only the failing ones are recorded as failed. A failed write (disk full) raises."""
+    from magnet_fast._io import WriteError
+    out_dir = Path(out_dir)
+    names, anything = accepted_params(model)
+    rows: list[dict] = []
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        unknown = sorted(set(it.params) - names - {"duration"}) if not anything else []
+        if unknown:
+            rows.append(make_row(it, "failed", error=f"ParameterError: unknown parameter(s) "
+                                 f"{', '.join(map(repr, unknown))}; {type(model).__name__} takes "
+                                 f"{', '.join(sorted(names))}"))
+            continue
+        groups.setdefault(_canonical(it.params), []).append(it)
+
+    def run(chunk: list[Item]) -> list[dict]:
+        t0 = time.perf_counter()
+        audio = synthesize(model, [it.text for it in chunk], [it.seed for it in chunk], chunk[0].params)
+        done = []
+        for it, a in zip(chunk, audio, strict=True):
+            sha, seconds, clipped = _write_output(out_dir / it.file, a, model.sample_rate)
+            done.append((it, sha, seconds, clipped))
+        wall = (time.perf_counter() - t0) / len(chunk)
+        return [make_row(it, "done", file=it.file, sha256=sha, audio_s=s, wall_s=wall, clipped=c)
+                for it, sha, s, c in done]
+
+    for group in groups.values():
+        for start in range(0, len(group), max_batch):
+            chunk = group[start:start + max_batch]
+            try:
+                rows.extend(run(chunk))
+                continue
+            except WriteError:
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded per item below
+                if len(chunk) == 1:
+                    rows.append(make_row(chunk[0], "failed", error=_error_text(e)))
+                    continue
+            for it in chunk:                          # isolate the failing item(s)
+                t0 = time.perf_counter()
+                try:
+                    rows.extend(run([it]))
+                except WriteError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    rows.append(make_row(it, "failed", error=_error_text(e),
+                                         wall_s=time.perf_counter() - t0))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- the job
+@dataclass
+class JobPlan:
+    """A job ready to run: the output folder locked, stale temp files removed, the manifest loaded."""
+    out: Path
+    manifest: Manifest
+    pending: list[Item]
+    skipped: list[Item]
+    line_errors: list[LineError]
+    total: int
+    _lock: Any = None
+
+    def close(self) -> None:
+        self.manifest.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@dataclass
+class JobSummary:
+    total: int
+    done: int
+    skipped: int
+    failed: int
+    audio_s: float
+    wall_s: float
+    out: Path
+    failed_ids: list = field(default_factory=list)
+
+    @property
+    def items_per_s(self) -> float:
+        return (self.done + self.failed) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.done} done, {self.skipped} skipped (already done), {self.failed} failed of "
+                f"{self.total} items; {self.audio_s:.2f} s of audio in {self.wall_s:.2f} s "
+                f"({self.items_per_s:.2f} items/s, real-time factor {self.realtime_factor:.2f}x); "
+                f"manifest {self.out / MANIFEST_NAME}")
+
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, JobWarning, stacklevel=3)
+
+
+def _lock(out: Path):
+    """An exclusive lock on the output folder (POSIX): two jobs must not write one manifest."""
+    f = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 - held for the job's lifetime
+    try:
+        import fcntl
+    except ImportError:                                   # not POSIX: no lock
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise JobError(f"another batch job is writing to {out} (locked: {out / LOCK_NAME}); wait for it or "
+                       "choose another --out") from None
+    return f
+
+
+def prepare(job: str | Path, out: str | Path, defaults: dict | None = None,
+            warn: Callable[[str], None] | None = None) -> JobPlan:
+    """Parse the job, lock and tidy the output folder, load the manifest, decide what is left to do."""
+    warn = warn or _default_warn
+    items, line_errors = parse_job(job, defaults)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--out {out} is a file; pass a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"cannot create output folder {out} ({e.strerror or e}); choose another "
+                       "--out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise JobError(f"output folder {out} is not writable; choose another --out")
+    lock = _lock(out)
+    try:
+        for stale in out.iterdir():
+            if _TEMP.match(stale.name) and stale.is_file():
+                stale.unlink(missing_ok=True)
+        manifest = Manifest(out / MANIFEST_NAME, warn)
+        pending, skipped = _todo(items, manifest, out, warn)
+    except BaseException:
+        lock.close()
+        raise
+    return JobPlan(out, manifest, pending, skipped, line_errors, len(items) + len(line_errors), lock)
+
+
+def _todo(items: list[Item], manifest: Manifest, out: Path, warn) -> tuple[list[Item], list[Item]]:
+    """(pending, skipped): skipped when the last record is done, for the same request and file name, and
+    the file is there with the recorded sha256."""
+    pending, skipped, changed, missing = [], [], 0, 0
+    for it in items:
+        rec = manifest.records.get(it.id)
+        if rec is None or rec.get("status") != "done":
+            pending.append(it)
+            continue
+        same = (rec.get("text"), rec.get("seed"), _canonical(rec.get("params") or {})) == it.request()
+        path = out / it.file
+        if not same or rec.get("file") != it.file:
+            changed += 1
+            pending.append(it)
+        elif not path.is_file() or sha256_file(path) != rec.get("sha256"):
+            missing += 1
+            pending.append(it)
+        else:
+            skipped.append(it)
+    if changed:
+        warn(f"{changed} item(s) of the manifest asked for another text, seed or parameters; generating them "
+             "again")
+    if missing:
+        warn(f"{missing} done item(s) have a missing or modified file; generating them again")
+    return pending, skipped
+
+
+def record_line_errors(plan: JobPlan, warn: Callable[[str], None]) -> None:
+    for e in plan.line_errors:
+        warn(e.error)
+        plan.manifest.append(make_row(None, "failed", error=e.error, line=e.line, item_id=e.id))
+
+
+def _bar(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="item", desc="items", disable=quiet or total == 0, file=sys.stderr)
+
+
+def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = None,
+            max_batch: int | None = None, threads: int | None = None, quiet: bool = True,
+            warn: Callable[[str], None] | None = None) -> JobSummary:
+    """Run a job file in this process. ``model``: a loaded model (``generate`` protocol), a ``ModelSpec``
+    or a zero-argument callable (loaded only when something is left to do). ``defaults``: generation
+    parameters for lines that do not set them. ``max_batch``: items decoded together (default 4 on CPU,
+    32 on CUDA). ``threads``: torch CPU threads for this process. Returns a JobSummary (``summary.failed``
+    > 0 when anything failed)."""
+    from magnet_fast.inputs import check_max_batch
+    check_max_batch(max_batch)
+    warn = warn or _default_warn
+    plan = prepare(job, out, defaults, warn)
+    try:
+        record_line_errors(plan, warn)
+        rows: list[dict] = []
+        t0 = time.perf_counter()
+        if plan.pending:
+            if threads is not None:
+                import torch
+                torch.set_num_threads(threads)
+            model = load_model(model)
+            device = str(getattr(model, "device", "cpu")).split(":")[0]
+            size = max_batch or DEFAULT_MAX_BATCH.get(device, 4)
+            t0 = time.perf_counter()
+            by_params: dict[str, list[Item]] = {}
+            for it in plan.pending:
+                by_params.setdefault(_canonical(it.params), []).append(it)
+            with _bar(len(plan.pending), quiet) as bar:
+                for group in by_params.values():
+                    for start in range(0, len(group), size):
+                        for row in process_items(model, group[start:start + size], plan.out, size):
+                            plan.manifest.append(row)
+                            rows.append(row)
+                            bar.update(1)
+        return summarize(plan, rows, time.perf_counter() - t0)
+    finally:
+        plan.close()
+
+
+def summarize(plan: JobPlan, rows: list[dict], wall: float) -> JobSummary:
+    done = [r for r in rows if r["status"] == "done"]
+    failed = [r["id"] for r in rows if r["status"] != "done"] + [e.id for e in plan.line_errors]
+    return JobSummary(total=plan.total, done=len(done), skipped=len(plan.skipped), failed=len(failed),
+                      audio_s=sum(r["audio_s"] for r in done), wall_s=wall, out=plan.out, failed_ids=failed)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_batch_parser(sub) -> None:
+    """Register ``magnet-fast batch`` on the CLI's subparsers."""
+    b = sub.add_parser("batch", help="run a resumable JSONL job: one WAV per line + manifest.jsonl")
+    b.add_argument("job", help='JSONL: {"id": ..., "text": ..., "seed"?: int, <generation params>} per line')
+    b.add_argument("--out", required=True, help="output folder (WAVs + manifest.jsonl; rerun to resume)")
+    b.add_argument("--model", help="converted model folder (default: the bundled demo)")
+    b.add_argument("--steps", help="default decoding steps per codebook, e.g. 20,10,10,10")
+    b.add_argument("--temperature", type=float)
+    b.add_argument("--top-p", type=float)
+    b.add_argument("--top-k", type=int)
+    b.add_argument("--cfg", help="default CFG: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for MusicGen")
+    b.add_argument("--stride1", action="store_true")
+    b.add_argument("--span-scoring", choices=["max", "prod"])
+    b.add_argument("--greedy", action="store_true")
+    b.add_argument("--no-anneal", action="store_true")
+    b.add_argument("--duration", type=float, help="default duration in seconds (passed only when given)")
+    b.add_argument("--max-batch", type=int, help="items decoded together (default 4 on CPU, 32 on CUDA)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    b.add_argument("--exact", action="store_true", help="parity attention (see `generate --exact`)")
+    b.add_argument("--t5", help="local T5 folder")
+    b.add_argument("--codec", help="local EnCodec folder (transformers format)")
+    b.add_argument("--allow-download", action="store_true")
+    b.add_argument("--threads", type=int, help="torch CPU threads per process (per replica with --ray)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", action="store_true", help="run on Ray Data (pip install -e \".[ray]\")")
+    b.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    b.add_argument("--replicas", type=int, help="model replicas with --ray (default 1; one per GPU on CUDA)")
+    b.set_defaults(func=run)
+
+
+def _usage(message: str):
+    from magnet_fast.cli import UsageError
+    return UsageError(message)
+
+
+def cli_defaults(args, kind: str = "magnet") -> dict:
+    """Command-line flags -> default generation parameters (only those given), for a model of ``kind``."""
+    if kind == "musicgen":
+        return _musicgen_defaults(args)
+    params = {}
+    for name in ("temperature", "top_p", "top_k", "span_scoring", "duration"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.top_k is not None:
+        if args.top_p is not None:
+            raise _usage("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
+        params["top_p"] = 0.0
+    if args.steps is not None:
+        try:
+            params["decoding_steps"] = [int(x) for x in args.steps.split(",")]
+        except ValueError:
+            raise _usage(f"--steps must be comma-separated integers, got {args.steps!r}") from None
+    if args.cfg is not None:
+        try:
+            pair = [float(x) for x in args.cfg.split(",")]
+        except ValueError:
+            pair = []
+        if len(pair) != 2:
+            raise _usage(f"--cfg must be MAX,MIN (two numbers), got {args.cfg!r}")
+        params["max_cfg_coef"], params["min_cfg_coef"] = pair
+    if args.stride1:
+        params["span_arrangement"] = "stride1"
+    if args.greedy:
+        params["use_sampling"] = False
+    if args.no_anneal:
+        params["anneal_temp"] = False
+    return params
+
+
+def _musicgen_defaults(args) -> dict:
+    given = [flag for dest, flag in (("steps", "--steps"), ("stride1", "--stride1"), ("span_scoring", "--span-scoring"),
+                                     ("no_anneal", "--no-anneal")) if getattr(args, dest, None) not in (None, False)]
+    if given:
+        raise _usage(f"{', '.join(given)}: MAGNeT flag(s); this is a MusicGen model")
+    params = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "duration")
+              if getattr(args, name) is not None}
+    if args.top_k is not None:
+        if args.top_p is not None:
+            raise _usage("--top-p and --top-k exclude each other (top-p wins upstream); pass one")
+        params["top_p"] = 0.0
+    if args.cfg is not None:
+        try:
+            params["cfg_coef"] = float(args.cfg)
+        except ValueError:
+            raise _usage(f"--cfg must be one number for a MusicGen model, got {args.cfg!r}") from None
+    if args.greedy:
+        params["use_sampling"] = False
+    return params
+
+
+def _model_kind(args) -> tuple[Path, object]:
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.demo import DEMO_MODEL
+    folder = Path(args.model) if args.model else DEMO_MODEL
+    return folder, MagnetConfig.load(folder)
+
+
+def model_spec(args) -> ModelSpec:
+    """The CLI's model (a converted MAGNeT or MusicGen folder: the engine follows config.json's kind),
+    checked from its config.json before anything loads."""
+    from magnet_fast.params import resolve_ar_params, resolve_params
+    folder, cfg = _model_kind(args)
+    defaults = {k: v for k, v in cli_defaults(args, cfg.kind).items() if k != "duration"}
+    kwargs = {"device": args.device, "dtype": args.dtype, "t5": args.t5, "codec": args.codec,
+              "allow_download": args.allow_download, "attention": "exact" if args.exact else None}
+    if cfg.kind == "musicgen":
+        resolve_ar_params(cfg.generation, cfg.card, **defaults)
+        return ModelSpec(str(folder.resolve()), kwargs, loader="magnet_fast.musicgen:MusicGenFast")
+    resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **defaults)
+    return ModelSpec(str(folder.resolve()), kwargs)
+
+
+def run(args) -> int:
+    """``magnet-fast batch``: exit 0 when every item is done, 1 when any failed, 2 for usage errors."""
+    for name in ("max_batch", "replicas", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise _usage(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not args.ray and (args.replicas is not None or args.ray_address is not None):
+        raise _usage("--replicas and --ray-address need --ray")
+    if args.ray:
+        from magnet_fast.ray_jobs import require_ray
+        require_ray()
+    defaults = cli_defaults(args, _model_kind(args)[1].kind)
+    spec = model_spec(args)
+
+    def warn(message: str) -> None:
+        print(f"magnet-fast: warning: {message}", file=sys.stderr)
+
+    if args.ray:
+        from magnet_fast.ray_jobs import run_ray_job
+        summary = run_ray_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
+                              replicas=args.replicas or 1, address=args.ray_address, threads=args.threads,
+                              quiet=args.quiet, warn=warn)
+    else:
+        summary = run_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
+                          threads=args.threads, quiet=args.quiet, warn=warn)
+    print(summary.line())
+    if summary.failed:
+        shown = ", ".join(repr(i) if i is not None else "(line)" for i in summary.failed_ids[:5])
+        more = ", ..." if summary.failed > 5 else ""
+        print(f"magnet-fast: {summary.failed} item(s) failed ({shown}{more}); errors in "
+              f"{summary.out / MANIFEST_NAME}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,55 @@
+"""Long-form generation: ``duration`` beyond the model's window, by sliding windows (docs/DESIGN.md,
+Long-form generation).
+
+Window 1 is a normal generation (with the caller's prompt, if any). Each further window takes the last
+``window - stride`` frames generated so far as its fixed prompt and decodes the rest; the output is window 1
+followed by each window's new frames, cut to exactly ``round(duration * frame_rate)`` frames. Every window
+after the first has the same shape (batch, frames, prompt length), so one decoder (buffers, recorded graphs)
+serves all of them and memory does not grow with the number of windows. One random stream runs through all
+windows, so ``seed=s`` makes the whole piece reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from magnet_fast.errors import ParameterError
+
+
+def plan(total: int, window: int, stride: int, n_prompt: int = 0) -> int:
+    """How many windows produce ``total`` frames (window frames each, ``stride`` new frames per extra one)."""
+    if total <= window:
+        return 1
+    return 1 + math.ceil((total - window) / stride)
+
+
+def check_stride(stride_s, window_s: float, frame_rate: int, window_frames: int) -> int:
+    """extend_stride (seconds) -> frames; 0 < stride < window, and at least one frame of context."""
+    if isinstance(stride_s, bool) or not isinstance(stride_s, (int, float)) or not math.isfinite(stride_s):
+        raise ParameterError(f"extend_stride must be a finite number of seconds, got {stride_s!r}")
+    frames = int(round(stride_s * frame_rate))
+    if not 0 < frames < window_frames:
+        raise ParameterError(f"extend_stride must be in (0, {window_s:g}) s (the model's window), got {stride_s!r}")
+    return frames
+
+
+def generate_windows(decode_window, prompt: torch.Tensor | None, total: int, window: int, stride: int,
+                     on_window=None) -> torch.Tensor:
+    """decode_window(prompt [B, K, P] or None) -> tokens [B, K, window] (prompt included). Returns
+    [B, K, total]. on_window(index, n_windows) is called before each window."""
+    n = plan(total, window, stride)
+    if on_window is not None:
+        on_window(0, n)
+    out = decode_window(prompt)
+    parts, produced = [out], out.shape[-1]
+    context = window - stride
+    for i in range(1, n):
+        if on_window is not None:
+            on_window(i, n)
+        tail = out[..., -context:]
+        out = decode_window(tail.contiguous())
+        new = out[..., context:]
+        parts.append(new)
+        produced += new.shape[-1]
+    return torch.cat(parts, dim=-1)[..., :total]

@@ -1,0 +1,211 @@
+"""MusicGen on the same engine: ``MusicGenFast.from_pretrained(path).generate_tokens([...])``
+(docs/DESIGN.md, MusicGen). Loading, conditioning, codec, seeds, errors and the decoder cache are the
+engine's (engine.py, batching.py); the autoregressive loop with its static KV cache is ar.py."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from magnet_fast.ar import ARDecoder, MusicGenLM, decode_ar, first_step
+from magnet_fast.batching import decode_in_chunks, streams
+from magnet_fast.conditioning import encode_condition_apart
+from magnet_fast.engine import Engine
+from magnet_fast.errors import BatchSplitWarning, ParameterError
+from magnet_fast.inputs import (
+    check_descriptions,
+    check_flag,
+    check_generator,
+    check_max_batch,
+    check_prompt,
+)
+from magnet_fast.params import ARParams, check_seed, resolve_ar_params
+
+MUSICGEN_BACKENDS = ("exact", "sdpa")
+DEFAULT_STRIDE_S = 18.0        # audiocraft's MusicGen extend_stride (30 s window: 12 s of context, 18 s new)
+
+
+def long_form_plan(cfg, duration, extend_stride):
+    """(total frames, stride frames) when ``duration`` exceeds the model's window (config.segment_duration),
+    else None; ``extend_stride`` (seconds) is checked whenever given. ParameterError otherwise."""
+    from magnet_fast.longform import check_stride
+    from magnet_fast.params import LONGFORM_MAX_S, _number
+    window_s = cfg.segment_duration
+    window = int(window_s * cfg.frame_rate)
+    numeric = duration is not None and not isinstance(duration, bool) and isinstance(duration, (int, float))
+    long = numeric and duration > window_s
+    stride = None
+    if extend_stride is not None:
+        stride = check_stride(extend_stride, window_s, cfg.frame_rate, window)
+    elif long:              # audiocraft's 18 s, or half the window for a model shorter than 36 s
+        stride = check_stride(min(DEFAULT_STRIDE_S, window_s / 2), window_s, cfg.frame_rate, window)
+    if not long:
+        return None
+    _number("duration", duration, 0.0, LONGFORM_MAX_S, lo_open=True)
+    return round(duration * cfg.frame_rate), stride
+
+
+class MusicGenFast(Engine):
+    """A converted MusicGen (or AudioGen) checkpoint ready to generate. Build it with ``from_pretrained``
+    (``magnet-fast convert`` writes the folder; the same loader, text encoder and codec as MagnetFast)."""
+
+    KIND = "musicgen"
+    LM_CLASS = MusicGenLM
+
+    def _default_attention(self) -> str:
+        """'sdpa' everywhere: eager on CPU with the null rows' cross-attention skipped; on CUDA the static
+        step (whole-cache masked attention) that a CUDA graph replays. 'exact' is the parity mode (CPU fp32:
+        audiocraft's tokens bit for bit)."""
+        return "sdpa"
+
+    def set_attention(self, backend: str) -> None:
+        """'exact' (bitwise audiocraft on CPU fp32: the parity mode) or 'sdpa' (the default)."""
+        if backend not in MUSICGEN_BACKENDS:
+            raise ParameterError(f"MusicGen attention must be one of {MUSICGEN_BACKENDS}, got {backend!r} "
+                                 "(the banded backends are MAGNeT's)")
+        self.lm.set_attention(backend)
+
+    @property
+    def frames(self) -> int:
+        """Frames of a default-length generation (``config.generation.duration``)."""
+        return int(self.config.generation.duration * self.frame_rate)
+
+    @property
+    def max_duration(self) -> float:
+        return self.config.segment_duration
+
+    @property
+    def duration(self) -> float:
+        """The longest a generation may be (seconds): the model's training segment (30 s released)."""
+        return self.config.segment_duration
+
+    def params(self, **overrides) -> ARParams:
+        """This model's defaults overridden by the non-None ``overrides``, validated (ParameterError)."""
+        return resolve_ar_params(self.config.generation, self.config.card, max_duration=self.max_duration,
+                                 **overrides)
+
+    def generate_tokens(self, descriptions, *, seed: int | list[int] | None = None,
+                        prompt: torch.Tensor | None = None, duration: float | None = None,
+                        use_sampling: bool | None = None, temperature: float | None = None,
+                        top_k: int | None = None, top_p: float | None = None, cfg_coef: float | None = None,
+                        two_step_cfg: bool | None = None, progress: bool = False,
+                        generator: torch.Generator | None = None, max_batch: int | None = None,
+                        batch_invariant: bool = False, extend_stride: float | None = None) -> torch.Tensor:
+        """Generate codec tokens [B, n_q, frames], frames = int(duration * frame_rate) (the prompt included,
+        as audiocraft's ``max_gen_len``). None means the model's default (config.json: audiocraft's
+        ``MusicGen.set_generation_params`` values, duration 15 s or the model's maximum if shorter).
+
+        seed: a private generator seeded with it (same stream as ``torch.manual_seed(seed)`` before
+        audiocraft's ``generate``); a list gives one stream per row. prompt: tokens [B, n_q, P] to continue
+        (P < frames). two_step_cfg: audiocraft's two forwards per step; like audiocraft it then guides with
+        the model's own coefficient (``config.lm_cfg_coef``), not ``cfg_coef``. batch_invariant: each row
+        decoded alone from its own stream (seed + i, or seed[i]): a row's tokens depend only on its text and
+        seed. max_batch: decode at most this many rows at once (see MagnetFast.generate_tokens).
+
+        Long-form: a ``duration`` over the model's window (``max_duration``, 30 s released) generates in
+        windows: each further window continues the last ``window - extend_stride`` seconds (default stride
+        18 s, audiocraft's), and the output is cut to round(duration * frame_rate) frames (longform.py).
+        """
+        descriptions = check_descriptions(descriptions)
+        long = self._long_form(duration, extend_stride)
+        params = self.params(duration=self.max_duration if long else duration, use_sampling=use_sampling,
+                             temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef,
+                             two_step_cfg=two_step_cfg)
+        frames = int(params.duration * self.frame_rate)
+        if frames < 1:
+            raise ParameterError(f"duration {params.duration} s is less than one frame at {self.frame_rate} Hz")
+        prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
+        check_generator(generator, self.device)
+        max_batch = check_max_batch(max_batch)
+        batch_invariant = check_flag(batch_invariant, "batch_invariant")
+        seeds = check_seed(seed, len(descriptions))
+        if seeds is None and batch_invariant:
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())]
+        if batch_invariant and len(seeds) == 1:
+            seeds = [seeds[0] + i for i in range(len(descriptions))]
+        per_row = isinstance(seed, (list, tuple)) or batch_invariant
+        fresh = streams(seeds, per_row, self.device)
+        if batch_invariant:                       # one row at a time: nothing depends on batch mates
+            max_batch = 1
+        gens = []
+
+        def chunk(part: slice):
+            if not gens:
+                gens.append(fresh() if fresh is not None else generator)
+            gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
+            return self._decode(descriptions[part], params, frames, None if prompt is None else prompt[part],
+                                gen, progress, long)
+
+        def retry():
+            gens.clear()
+            self.clear_cuda_graphs()
+            if fresh is None and generator is not None:
+                warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
+                              "split run reproducible)", BatchSplitWarning, stacklevel=4)
+        return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
+                                          invariant=bool(batch_invariant), on_retry=retry))
+
+    def _long_form(self, duration, extend_stride):
+        return long_form_plan(self.config, duration, extend_stride)
+
+    def _decode(self, descriptions, params: ARParams, frames: int, prompt, generator, progress: bool,
+                long=None):
+        exact = self.lm.attention_backend == "exact"
+        cond, _ = self.conditioning(descriptions)
+        kv_split = None
+        with torch.inference_mode():
+            kv = self.lm.cross_kv(cond)
+            if params.two_step_cfg:
+                c, n = encode_condition_apart(self.text, self.lm, descriptions)
+                kv_split = (self.lm.cross_kv(c), self.lm.cross_kv(n))
+        if isinstance(generator, list) and len(generator) == 1:
+            generator = generator[0]
+        static = self.device.type == "cuda" and not exact
+        bar = callback = None
+        steps = [0]
+
+        def window(prompt):
+            n_prompt = 0 if prompt is None else prompt.shape[-1]
+            steps[0] += frames + self.config.max_delay + 1 - first_step(n_prompt, self.config.delays)
+            if bar is not None:
+                bar.total = steps[0]
+            graphs = None
+            if static and self.cuda_graphs:
+                key = ARDecoder.make_key(self.lm, len(descriptions), frames, kv[0][0].shape[-2], params,
+                                         n_prompt, True, None)
+                graphs = self.decoders.mode_for(key, self.cuda_graphs, "cuda")
+            cache = self.decoders if graphs is not None else None
+            out = decode_ar(self.lm, kv, len(descriptions), frames, params, prompt=prompt, generator=generator,
+                            callback=callback, static=static, null_skip=not exact, graphs=graphs, cache=cache,
+                            kv_split=kv_split, two_step_coef=self.config.lm_cfg_coef)
+            self.decoders.evict()
+            return out
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=1, desc="decoding", unit="step")
+
+            def callback(done, total):
+                bar.update(1)
+        try:
+            with self.decoders.lock:
+                if long is None:
+                    return window(prompt)
+                from magnet_fast.longform import generate_windows
+                total, stride = long
+                return generate_windows(window, prompt, total, frames, stride)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Text (and optional audio prompt to continue) -> audio [B, channels, samples] at sample_rate.
+        Takes every keyword of ``generate_tokens``; the output starts with the prompt, as in audiocraft."""
+        if prompt_audio is not None:
+            if kwargs.get("prompt") is not None:
+                raise ParameterError("pass either prompt (tokens) or prompt_audio, not both")
+            check_descriptions(descriptions)
+            kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
+        else:
+            self.load_codec()
+        return self.decode(self.generate_tokens(descriptions, **kwargs))

@@ -1,0 +1,77 @@
+"""``magnet-fast`` on a MusicGen model (the bundled MusicGen demo): generation, flags of the other family
+refused (exit 2, one line), info, and the WAV length from --duration."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: the CLI writes WAVs with it")
+
+ROOT = Path(__file__).resolve().parents[1]
+MG_DEMO = ROOT / "magnet_fast" / "demo" / "musicgen-tiny-demo"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-m", "magnet_fast.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(proc, match: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("magnet-fast: error:")]
+    assert len(lines) == 1 and match in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_musicgen_generate_writes_wavs_of_the_requested_duration(tmp_path):
+    proc = cli("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
+               "--top-k", "50", "--cfg", "4", "--quiet", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in files] == ["00_calm_piano.wav", "01_edm.wav"]
+    wav, rate = sf.read(files[0])
+    assert rate == 32000 and len(wav) == int(0.42 * 50) * 640            # int(duration * 50) frames
+    again = cli("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
+                "--top-k", "50", "--cfg", "4", "--quiet", "--out", "again", cwd=tmp_path)
+    assert again.returncode == 0
+    assert (tmp_path / "again" / "00_calm_piano.wav").read_bytes() == files[0].read_bytes()
+
+
+def test_musicgen_two_step_greedy_tokens_only(tmp_path):
+    proc = cli("generate", "--model", str(MG_DEMO), "x", "--duration", "0.2", "--two-step-cfg", "--greedy",
+               "--tokens-only", "--quiet", "--out", "t.safetensors", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+    assert list(load_file(str(tmp_path / "t.safetensors"))["tokens"].shape) == [1, 4, 10]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--steps", "2,1,1,1"], "--steps is for MAGNeT models; this is a MusicGen model"),
+    (["--stride1"], "--stride1 is for MAGNeT models"),
+    (["--cfg", "10,1"], "--cfg must be one number for a MusicGen model"),
+    (["--duration", "4000"], "duration must be <= 3600"),
+    (["--duration", "-1"], "duration must be >"),
+    (["--top-k", "5000"], "top_k must be <= the codebook size 2048"),
+    (["--duration", "40", "--extend-stride", "30"], "extend_stride must be in (0, 30)"),
+])
+def test_musicgen_bad_flags_exit_2_one_line(tmp_path, args, match):
+    one_error_line(cli("generate", "--model", str(MG_DEMO), "x", *args, cwd=tmp_path), match)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_magnet_refuses_musicgen_flags(tmp_path):
+    one_error_line(cli("generate", "x", "--two-step-cfg", cwd=tmp_path), "--two-step-cfg is for MusicGen models")
+
+
+def test_info_shows_the_kind(tmp_path):
+    proc = cli("info", str(MG_DEMO), cwd=tmp_path)
+    assert proc.returncode == 0 and "kind: musicgen" in proc.stdout and "delay pattern [0, 1, 2, 3]" in proc.stdout
+    info = json.loads(cli("info", str(MG_DEMO), "--json", cwd=tmp_path).stdout)
+    assert info["kind"] == "musicgen" and info["delays"] == [0, 1, 2, 3]
+    assert "kind: magnet" in cli("info", cwd=tmp_path).stdout
