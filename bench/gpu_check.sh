@@ -11,6 +11,7 @@
 #                triton+graphs, triton+fused+graphs)
 #   e2e          bench/e2e.py --device cuda vs audiocraft 1.3.0, small geometry, B 1
 #   musicgen     bench/e2e.py --model musicgen --device cuda vs audiocraft's MusicGen, small geometry, 10 s, B 1
+#   paper        bench/paper.py --device cuda: MAGNeT, +rescoring, Hybrid 1/3/5 s, MusicGen alone, small, 10 s, B 1
 #   optional (a third call, only with time left): kernels-more (fp16, fp32), runtime-small30,
 #                runtime-medium10, runtime-b64, e2e-more (B 4 16)
 #   quick        (dry run only) = tests kernels runtime e2e at toy sizes on CPU
@@ -25,7 +26,7 @@
 #     run(command="GPU_CHECK_TAR=$OUT/gc2.tgz timeout 270 bash bench/gpu_check.sh /tmp/gc runtime e2e",
 #         carry=[".whl"], timeout_s=300)
 #   call 3, optional, only if >= 5 min are left (one retry of a failed call comes first):
-#     run(command="GPU_CHECK_TAR=$OUT/gc3.tgz timeout 240 bash bench/gpu_check.sh /tmp/gc musicgen kernels-more",
+#     run(command="GPU_CHECK_TAR=$OUT/gc3.tgz timeout 240 bash bench/gpu_check.sh /tmp/gc musicgen paper",
 #         carry=[".whl"], timeout_s=270)
 # Then, here: unpack each tarball into bench/results/ (bench/unpack_gpu.sh), `python bench/report.py`.
 # Each stage runs under its own time limit (STAGE_LIMIT_S overrides all), and OUTDIR is packed into
@@ -38,7 +39,7 @@
 #   GPU_CHECK_DRY=1 bash bench/gpu_check.sh OUTDIR quick
 set -uo pipefail
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
-OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|e2e|kernels-more|runtime-small30|runtime-medium10|runtime-b64|e2e-more|musicgen|quick ...]}"
+OUT="${1:?usage: bench/gpu_check.sh OUTDIR [tests|kernels|runtime|e2e|kernels-more|runtime-small30|runtime-medium10|runtime-b64|e2e-more|musicgen|paper|quick ...]}"
 shift
 DRY="${GPU_CHECK_DRY:-0}"
 STAGES=" ${*:-tests kernels runtime e2e} "
@@ -141,6 +142,11 @@ e2e() {   # name, extra args...
     fi
 }
 has e2e && e2e e2e-cuda-small
+if has paper; then         # the paper's latency trade-off on this engine (rescoring / hybrid / MusicGen)
+    if [ "$DRY" = 1 ]; then PAPER_ARGS=(--dim 64 --heads 4 --layers 2 --duration 1 --steps 2,1,1,1 --repeats 1 --hybrid-seconds 0.2)
+    else PAPER_ARGS=(--device cuda --dim 1024 --heads 16 --layers 24 --repeats 2); fi
+    run_stage paper 200 "$PY" bench/paper.py "${PAPER_ARGS[@]}" --out "$OUT/paper"
+fi
 if has musicgen; then      # MusicGen vs audiocraft's (static KV-cache step + CUDA graph on the GPU)
     if [ "$DRY" = 1 ]; then MG_ARGS=(--dim 64 --heads 4 --layers 2 --seconds 0.5 --batches 1 --repeats 1)
     else MG_ARGS=(--device cuda --dim 1024 --heads 16 --layers 24 --seconds 10 --batches 1 --providers audiocraft sdpa); fi

@@ -70,7 +70,8 @@ class MagnetFast(Engine):
                         progress: bool = False, generator: torch.Generator | None = None,
                         batch_invariant: bool = False, max_batch: int | None = None,
                         rescorer=None, rescore_weight=0.7, rescore_temperature: float = 1.0,
-                        hybrid=None, hybrid_seconds: float = 3.0, hybrid_params: dict | None = None) -> torch.Tensor:
+                        hybrid=None, hybrid_seconds: float = 3.0, hybrid_params: dict | None = None,
+                        duration: float | None = None, extend_stride: float | None = None) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
 
         None means the model's default (config.json). ``seed`` draws from a private generator seeded
@@ -101,12 +102,21 @@ class MagnetFast(Engine):
         config's defaults otherwise); MAGNeT then decodes the rest with them as a fixed prompt. One random
         stream: the AR part draws first, MAGNeT continues it (per-row streams: each row's prefix is decoded
         alone from its own stream). Not combinable with ``prompt``; rescoring may be on at the same time.
+
+        duration (seconds): None or at most the model's window (``self.duration``, 10 s / 30 s) gives the
+        window's generation cut to round(duration * frame_rate) frames (the tokens of the plain generation).
+        Over the window, long-form: window 1 is the plain generation (with ``prompt`` / ``hybrid`` if given),
+        each further window takes the last ``window - extend_stride`` seconds as its fixed prompt, one random
+        stream runs through all windows (rescoring applies in each), and the output is cut to
+        round(duration * frame_rate) frames. Default extend_stride: half the window (MAGNeT attends both
+        ways, so a new window gets as much context as it generates; docs/DESIGN.md, Long-form generation).
         """
         descriptions = check_descriptions(descriptions)
         params = self.params(decoding_steps=decoding_steps, temperature=temperature, top_p=top_p, top_k=top_k,
                              use_sampling=use_sampling, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef,
                              span_arrangement=span_arrangement, span_scoring=span_scoring, anneal_temp=anneal_temp)
         frames = output_frames(self.frames, self.config.span_len, params.span_arrangement)
+        long, keep = self._long_form(duration, extend_stride, frames)
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
         rescoring = None if rescorer is None else Rescoring(self, rescorer, rescore_weight, rescore_temperature,
                                                             params.decoding_steps)
@@ -135,8 +145,26 @@ class MagnetFast(Engine):
                     prefix[:] = [plan.prefix(descriptions, gens[0], max_batch, progress)]
             gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
             head = prefix[0] if prefix else prompt
-            return self._decode(descriptions[part], params, None if head is None else head[part], gen,
-                                progress, bool(batch_invariant), rescoring=rescoring)
+            head = None if head is None else head[part]
+            if long is None:
+                out = self._decode(descriptions[part], params, head, gen, progress, bool(batch_invariant),
+                                   rescoring=rescoring)
+                return out if keep is None else out[..., :keep]
+            from magnet_fast.longform import generate_windows
+            from magnet_fast.longform import plan as n_windows
+            total, stride = long
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=sum(params.decoding_steps) * n_windows(total, frames, stride), desc="decoding",
+                           unit="step")
+            try:
+                return generate_windows(
+                    lambda p: self._decode(descriptions[part], params, p, gen, False, bool(batch_invariant),
+                                           rescoring=rescoring, bar=bar), head, total, frames, stride)
+            finally:
+                if bar is not None:
+                    bar.close()
 
         def retry():
             gens.clear()
@@ -148,13 +176,25 @@ class MagnetFast(Engine):
         return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
                                           invariant=bool(batch_invariant), on_retry=retry))
 
+    def _long_form(self, duration, extend_stride, frames: int):
+        """(long-form plan or None, frames to keep of a single window or None); ParameterError on bad input."""
+        from magnet_fast.longform import long_form
+        window_s = self.duration
+        long = long_form(duration, extend_stride, window_s=window_s, frame_rate=self.frame_rate,
+                         window_frames=frames, default_stride_s=window_s / 2)
+        keep = None
+        if long is None and duration is not None:
+            keep = min(frames, max(1, round(duration * self.frame_rate)))
+        return long, keep
+
     def params(self, **overrides) -> SamplingParams:
         """This model's defaults overridden by the non-None ``overrides``, validated (ParameterError)."""
         return resolve_params(self.config.generation, self.config.n_q, self.config.card,
                               frames=self.config.frames, span_len=self.config.span_len, **overrides)
 
     def _decode(self, descriptions, params: SamplingParams, prompt, generator, progress: bool,
-                batch_invariant: bool = False, on_step=None, rescoring: Rescoring | None = None) -> torch.Tensor:
+                batch_invariant: bool = False, on_step=None, rescoring: Rescoring | None = None,
+                bar=None) -> torch.Tensor:
         cond, cross_lengths = self.conditioning(descriptions, batch_invariant)
         with torch.inference_mode():
             kv = self.lm.cross_kv(cond)
@@ -163,10 +203,11 @@ class MagnetFast(Engine):
             rescore_kv, rescore_lengths = rescoring.condition(descriptions, batch_invariant)
             rescore_key = rescoring.key(rescore_kv, rescore_lengths)
             rescore = (rescoring.engine.lm, rescore_key, rescore_kv)
-        bar = callback = None
+        own = callback = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=sum(params.decoding_steps), desc="decoding", unit="step")
+            own = bar = tqdm(total=sum(params.decoding_steps), desc="decoding", unit="step")
+        if bar is not None:             # this call's bar, or one that spans several calls (long-form)
 
             def callback(done, total):
                 bar.update(1)
@@ -184,8 +225,8 @@ class MagnetFast(Engine):
                 self.decoders.evict()
             return out
         finally:
-            if bar is not None:
-                bar.close()
+            if own is not None:
+                own.close()
 
     def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
                  **kwargs) -> torch.Tensor:

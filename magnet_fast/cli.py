@@ -98,7 +98,8 @@ def _jsonl_prompt(item, where: str) -> str | None:
 
 
 MAGNET_ONLY = {"steps": "--steps", "stride1": "--stride1", "span_scoring": "--span-scoring",
-               "no_anneal": "--no-anneal"}
+               "no_anneal": "--no-anneal", "hybrid": "--hybrid", "hybrid_seconds": "--hybrid-seconds",
+               "rescore": "--rescore", "rescore_weight": "--rescore-weight"}
 MUSICGEN_ONLY = {"two_step_cfg": "--two-step-cfg"}
 LONG_FORM = {"duration": "--duration", "extend_stride": "--extend-stride"}
 
@@ -134,8 +135,7 @@ def generation_overrides(args, kind: str = "magnet") -> dict:
         params["extend_stride"] = args.extend_stride
         return params
     _refuse(args, MUSICGEN_ONLY, "MAGNeT", "MusicGen")
-    if getattr(args, "duration", None) is not None:
-        raise UsageError("--duration is for MusicGen models; a MAGNeT model generates its fixed segment")
+    params["duration"], params["extend_stride"] = args.duration, args.extend_stride
     params["span_scoring"] = args.span_scoring
     if args.steps is not None:
         params["decoding_steps"] = _int_list(args.steps, "--steps")
@@ -146,6 +146,58 @@ def generation_overrides(args, kind: str = "magnet") -> dict:
     if args.no_anneal:
         params["anneal_temp"] = False
     return params
+
+
+def check_paired_models(args, cfg) -> None:
+    """--hybrid / --rescore: MusicGen folders sharing the MAGNeT model's codec tokens (before loading);
+    their flags without them are refused."""
+    from magnet_fast.config import MagnetConfig
+    if args.hybrid is None and args.hybrid_seconds is not None:
+        raise UsageError("--hybrid-seconds needs --hybrid MUSICGEN_DIR")
+    if args.rescore is None and args.rescore_weight is not None:
+        raise UsageError("--rescore-weight needs --rescore MUSICGEN_DIR")
+    w = args.rescore_weight
+    if w is not None and not 0.0 <= w <= 1.0:
+        raise UsageError(f"--rescore-weight must be in [0, 1], got {w}")
+    h = args.hybrid_seconds
+    if h is not None and not 0.0 < h < cfg.segment_duration:
+        raise UsageError(f"--hybrid-seconds must be in (0, {cfg.segment_duration:g}) (the MAGNeT model's "
+                         f"duration), got {h}")
+    for flag, folder in (("--hybrid", args.hybrid), ("--rescore", args.rescore)):
+        if folder is None:
+            continue
+        other = MagnetConfig.load(Path(folder))
+        if other.kind != "musicgen":
+            raise UsageError(f"{flag} needs a MusicGen model folder; {folder} is a {other.kind} model")
+        if (other.n_q, other.card, other.frame_rate) != (cfg.n_q, cfg.card, cfg.frame_rate):
+            raise UsageError(f"{flag} {folder}: {other.n_q} codebooks x {other.card} at {other.frame_rate} Hz, "
+                             f"but the MAGNeT model has {cfg.n_q} x {cfg.card} at {cfg.frame_rate} Hz: they must "
+                             "share the codec's tokens")
+
+
+def _paired(args, device, dtype) -> dict:
+    """--hybrid / --rescore -> the generate_tokens keywords (the MusicGen engines loaded)."""
+    from magnet_fast import MusicGenFast
+    out = {}
+    loaded = {}
+
+    def load(folder):
+        key = str(Path(folder).resolve())
+        if key not in loaded:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                loaded[key] = MusicGenFast.from_pretrained(folder, device=device, dtype=dtype,
+                                                           allow_download=args.allow_download)
+        return loaded[key]
+    if args.hybrid is not None:
+        out["hybrid"] = load(args.hybrid)
+        if args.hybrid_seconds is not None:
+            out["hybrid_seconds"] = args.hybrid_seconds
+    if args.rescore is not None:
+        out["rescorer"] = load(args.rescore)
+        if args.rescore_weight is not None:
+            out["rescore_weight"] = args.rescore_weight
+    return out
 
 
 def cmd_generate(args) -> int:
@@ -167,8 +219,16 @@ def cmd_generate(args) -> int:
         length = resolve_ar_params(cfg.generation, cfg.card, max_duration=cfg.segment_duration,
                                    **sampling).duration
     else:
-        resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **params)
+        from magnet_fast.longform import long_form
+        from magnet_fast.params import output_frames
+        sampling = {k: v for k, v in params.items() if k not in ("duration", "extend_stride")}
+        p = resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **sampling)
+        long_form(params["duration"], params["extend_stride"], window_s=cfg.segment_duration,
+                  frame_rate=cfg.frame_rate, window_frames=output_frames(cfg.frames, cfg.span_len,
+                                                                         p.span_arrangement),
+                  default_stride_s=cfg.segment_duration / 2)
         length = cfg.segment_duration
+        check_paired_models(args, cfg)
     check_seed(args.seed)
     check_max_batch(args.max_batch)
     if args.prompt_audio:
@@ -188,6 +248,8 @@ def cmd_generate(args) -> int:
                                            attention="exact" if args.exact else None)
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
+    if cfg.kind == "magnet":
+        params.update(_paired(args, model.device, args.dtype))
     t0 = time.perf_counter()
     prompt = None
     if args.prompt_audio:
@@ -312,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "over the model's window (MusicGen 30 s) it generates long-form in sliding windows")
     g.add_argument("--extend-stride", type=float, help="long-form (--duration over the model's window): seconds "
                    "each further window advances (MusicGen default 18, MAGNeT half the window)")
+    g.add_argument("--hybrid", metavar="MUSICGEN_DIR", help="Hybrid-MAGNeT: this MusicGen generates the first "
+                   "--hybrid-seconds autoregressively, MAGNeT decodes the rest")
+    g.add_argument("--hybrid-seconds", type=float, help="the autoregressive prefix (default 3)")
+    g.add_argument("--rescore", metavar="MUSICGEN_DIR", help="rescore every MAGNeT step with this MusicGen")
+    g.add_argument("--rescore-weight", type=float, help="w in w*p_rescorer + (1-w)*p_magnet (default 0.7)")
     g.add_argument("--two-step-cfg", action="store_true", help="MusicGen: separate conditional and "
                    "unconditional forwards (audiocraft's two_step_cfg)")
     g.add_argument("--stride1", action="store_true", help="overlapping-span masking (the demo's setting)")

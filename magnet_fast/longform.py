@@ -34,6 +34,24 @@ def check_stride(stride_s, window_s: float, frame_rate: int, window_frames: int)
     return frames
 
 
+def long_form(duration, extend_stride, *, window_s: float, frame_rate: int, window_frames: int,
+              default_stride_s: float):
+    """(total frames, stride frames) when ``duration`` (seconds) exceeds the window ``window_s``, else None.
+    ``extend_stride`` (seconds) is checked whenever given; the default stride is ``default_stride_s``.
+    ParameterError for a bad duration (<= 0, over LONGFORM_MAX_S, not a number) or stride."""
+    from magnet_fast.params import LONGFORM_MAX_S, _number
+    numeric = duration is not None and not isinstance(duration, bool) and isinstance(duration, (int, float))
+    if duration is not None:
+        _number("duration", duration, 0.0, LONGFORM_MAX_S, lo_open=True)
+    long = numeric and duration > window_s
+    stride = None
+    if extend_stride is not None:
+        stride = check_stride(extend_stride, window_s, frame_rate, window_frames)
+    elif long:
+        stride = check_stride(default_stride_s, window_s, frame_rate, window_frames)
+    return (round(duration * frame_rate), stride) if long else None
+
+
 def generate_windows(decode_window, prompt: torch.Tensor | None, total: int, window: int, stride: int,
                      on_window=None) -> torch.Tensor:
     """decode_window(prompt [B, K, P] or None) -> tokens [B, K, window] (prompt included). Returns

@@ -27,22 +27,18 @@ DEFAULT_STRIDE_S = 18.0        # audiocraft's MusicGen extend_stride (30 s windo
 
 def long_form_plan(cfg, duration, extend_stride):
     """(total frames, stride frames) when ``duration`` exceeds the model's window (config.segment_duration),
-    else None; ``extend_stride`` (seconds) is checked whenever given. ParameterError otherwise."""
-    from magnet_fast.longform import check_stride
-    from magnet_fast.params import LONGFORM_MAX_S, _number
+    else None; ``extend_stride`` (seconds) is checked whenever given. ParameterError otherwise. Default
+    stride: audiocraft's 18 s, or half the window for a model shorter than 36 s."""
+    from magnet_fast.longform import long_form
     window_s = cfg.segment_duration
-    window = int(window_s * cfg.frame_rate)
-    numeric = duration is not None and not isinstance(duration, bool) and isinstance(duration, (int, float))
-    long = numeric and duration > window_s
-    stride = None
-    if extend_stride is not None:
-        stride = check_stride(extend_stride, window_s, cfg.frame_rate, window)
-    elif long:              # audiocraft's 18 s, or half the window for a model shorter than 36 s
-        stride = check_stride(min(DEFAULT_STRIDE_S, window_s / 2), window_s, cfg.frame_rate, window)
-    if not long:
-        return None
-    _number("duration", duration, 0.0, LONGFORM_MAX_S, lo_open=True)
-    return round(duration * cfg.frame_rate), stride
+    if duration is not None and not isinstance(duration, bool) and isinstance(duration, (int, float)) \
+            and duration <= window_s:
+        duration_check = None                     # a window's duration: checked by the sampling parameters
+    else:
+        duration_check = duration
+    return long_form(duration_check, extend_stride, window_s=window_s, frame_rate=cfg.frame_rate,
+                     window_frames=int(window_s * cfg.frame_rate),
+                     default_stride_s=min(DEFAULT_STRIDE_S, window_s / 2))
 
 
 class MusicGenFast(Engine):
@@ -90,7 +86,8 @@ class MusicGenFast(Engine):
                         top_k: int | None = None, top_p: float | None = None, cfg_coef: float | None = None,
                         two_step_cfg: bool | None = None, progress: bool = False,
                         generator: torch.Generator | None = None, max_batch: int | None = None,
-                        batch_invariant: bool = False, extend_stride: float | None = None) -> torch.Tensor:
+                        batch_invariant: bool = False, extend_stride: float | None = None,
+                        callback=None) -> torch.Tensor:
         """Generate codec tokens [B, n_q, frames], frames = int(duration * frame_rate) (the prompt included,
         as audiocraft's ``max_gen_len``). None means the model's default (config.json: audiocraft's
         ``MusicGen.set_generation_params`` values, duration 15 s or the model's maximum if shorter).
@@ -101,12 +98,15 @@ class MusicGenFast(Engine):
         the model's own coefficient (``config.lm_cfg_coef``), not ``cfg_coef``. batch_invariant: each row
         decoded alone from its own stream (seed + i, or seed[i]): a row's tokens depend only on its text and
         seed. max_batch: decode at most this many rows at once (see MagnetFast.generate_tokens).
+        callback(done, total): called after every autoregressive step (total: the steps of this window).
 
         Long-form: a ``duration`` over the model's window (``max_duration``, 30 s released) generates in
         windows: each further window continues the last ``window - extend_stride`` seconds (default stride
         18 s, audiocraft's), and the output is cut to round(duration * frame_rate) frames (longform.py).
         """
         descriptions = check_descriptions(descriptions)
+        if callback is not None and not callable(callback):
+            raise ParameterError("callback must be callable (done, total) or None")
         long = self._long_form(duration, extend_stride)
         params = self.params(duration=self.max_duration if long else duration, use_sampling=use_sampling,
                              temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef,
@@ -134,7 +134,7 @@ class MusicGenFast(Engine):
                 gens.append(fresh() if fresh is not None else generator)
             gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
             return self._decode(descriptions[part], params, frames, None if prompt is None else prompt[part],
-                                gen, progress, long)
+                                gen, progress, long, callback)
 
         def retry():
             gens.clear()
@@ -149,7 +149,7 @@ class MusicGenFast(Engine):
         return long_form_plan(self.config, duration, extend_stride)
 
     def _decode(self, descriptions, params: ARParams, frames: int, prompt, generator, progress: bool,
-                long=None):
+                long=None, user_callback=None):
         exact = self.lm.attention_backend == "exact"
         cond, _ = self.conditioning(descriptions)
         kv_split = None
@@ -183,9 +183,13 @@ class MusicGenFast(Engine):
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=1, desc="decoding", unit="step")
+        if progress or user_callback is not None:
 
             def callback(done, total):
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
+                if user_callback is not None:
+                    user_callback(done, total)
         try:
             with self.decoders.lock:
                 if long is None:

@@ -75,3 +75,43 @@ def test_info_shows_the_kind(tmp_path):
     info = json.loads(cli("info", str(MG_DEMO), "--json", cwd=tmp_path).stdout)
     assert info["kind"] == "musicgen" and info["delays"] == [0, 1, 2, 3]
     assert "kind: magnet" in cli("info", cwd=tmp_path).stdout
+
+
+DEMO = ROOT / "magnet_fast" / "demo" / "magnet-tiny-demo"
+
+
+def test_hybrid_and_rescoring_from_the_cli(tmp_path):
+    """The bundled MAGNeT demo with the bundled MusicGen demo as its AR prefix and its rescorer."""
+    proc = cli("generate", "calm piano", "--hybrid", str(MG_DEMO), "--hybrid-seconds", "0.5", "--rescore",
+               str(MG_DEMO), "--rescore-weight", "0.5", "--steps", "2,1,1,1", "--seed", "2", "--tokens-only",
+               "--quiet", "--out", "t.safetensors", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+    tokens = load_file(str(tmp_path / "t.safetensors"))["tokens"]
+    assert list(tokens.shape) == [1, 4, 498]
+    import magnet_fast as mf
+    prefix = mf.MusicGenFast.from_pretrained(MG_DEMO).generate_tokens(["calm piano"], seed=2, duration=0.5)
+    assert (tokens[..., :25] == prefix).all()                    # the AR prefix, then MAGNeT
+
+
+def test_magnet_long_form_from_the_cli(tmp_path):
+    proc = cli("generate", "x", "--duration", "12.5", "--extend-stride", "5", "--steps", "2,1,1,1", "--seed", "1",
+               "--quiet", "--out", "long.wav", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(tmp_path / "long.wav")).frames == round(12.5 * 50) * 640
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--rescore", str(MG_DEMO), "--rescore-weight", "1.5"], "--rescore-weight must be in [0, 1]"),
+    (["--hybrid", str(MG_DEMO), "--hybrid-seconds", "10"], "--hybrid-seconds must be in (0, 10)"),
+    (["--hybrid", str(DEMO)], "--hybrid needs a MusicGen model folder"),
+    (["--rescore-weight", "0.5"], "--rescore-weight needs --rescore"),
+    (["--duration", "20", "--extend-stride", "12"], "extend_stride must be in (0, 10)"),
+])
+def test_paired_model_flags_exit_2_one_line(tmp_path, args, match):
+    one_error_line(cli("generate", "x", *args, cwd=tmp_path), match)
+
+
+def test_musicgen_refuses_hybrid_flags(tmp_path):
+    one_error_line(cli("generate", "--model", str(MG_DEMO), "x", "--hybrid", str(MG_DEMO), cwd=tmp_path),
+                   "--hybrid is for MAGNeT models")

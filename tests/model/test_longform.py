@@ -26,6 +26,8 @@ def _short_window(src: Path, dst: Path, seconds: float) -> Path:
     cfg["segment_duration"] = seconds
     if cfg.get("kind") == "musicgen":
         cfg["generation"]["duration"] = seconds
+    else:                                        # 16 spans per stage: fewer steps than the released schedule
+        cfg["generation"]["decoding_steps"] = [3, 2, 2, 1]
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
 
@@ -127,3 +129,77 @@ def test_musicgen_windows_release_their_buffers(musicgen, monkeypatch):
     monkeypatch.setattr(ar.ARDecoder, "__init__", counting)
     musicgen.generate_tokens(["x"], seed=1, duration=3.0, extend_stride=0.5)
     assert len(most) == plan(150, 50, 25) == 5 and max(most) == 0
+
+
+# ------------------------------------------------------------------------------------------ MAGNeT
+@pytest.fixture(scope="module")
+def magnet(tmp_path_factory):
+    """The MAGNeT parity fixture (10 s window) with a 1 s window: 50 frames, 48 with nonoverlap spans."""
+    root = tmp_path_factory.mktemp("long-magnet")
+    mf.convert(FIXTURES / "ac_ref" / "magnet_tiny", root / "m")
+    return mf.MagnetFast.from_pretrained(_short_window(root / "m", root / "m1s", 1.0), t5=T5_TINY)
+
+
+FEW = {"decoding_steps": [3, 2, 2, 1]}
+
+
+@pytest.mark.parametrize("arrangement", ["nonoverlap", "stride1"])
+def test_magnet_windows_continue_the_tail_with_one_stream(magnet, arrangement):
+    m = magnet
+    kw = dict(FEW, span_arrangement=arrangement)
+    window = 48 if arrangement == "nonoverlap" else 50
+    total, stride = round(2.3 * 50), 25
+    out = m.generate_tokens(["calm piano", None], seed=9, duration=2.3, extend_stride=0.5, **kw)
+    assert out.shape == (2, 4, total)
+    ctx = window - stride
+    g = torch.Generator().manual_seed(9)
+    prev = m.generate_tokens(["calm piano", None], generator=g, **kw)
+    assert prev.shape[-1] == window
+    parts = [prev]
+    for _ in range(plan(total, window, stride) - 1):
+        nxt = m.generate_tokens(["calm piano", None], generator=g, prompt=prev[..., -ctx:], **kw)
+        assert torch.equal(nxt[..., :ctx], prev[..., -ctx:])
+        parts.append(nxt[..., ctx:])
+        prev = nxt
+    assert torch.equal(out, torch.cat(parts, -1)[..., :total])
+    assert torch.equal(out[..., :window], m.generate_tokens(["calm piano", None], seed=9, **kw))
+
+
+def test_magnet_duration_within_the_window_cuts_the_plain_generation(magnet):
+    plain = magnet.generate_tokens(["x"], seed=4, **FEW)
+    assert torch.equal(magnet.generate_tokens(["x"], seed=4, duration=0.5, **FEW), plain[..., :25])
+    assert torch.equal(magnet.generate_tokens(["x"], seed=4, duration=1.0, **FEW), plain)
+    with pytest.raises(ParameterError, match="duration must be >"):
+        magnet.generate_tokens(["x"], duration=-2.0)
+
+
+def test_magnet_long_form_composes_with_rescoring_and_hybrid(magnet, musicgen, tmp_path):
+    """Rescoring applies in every window; a hybrid prefix starts window 1 (and only window 1)."""
+    kw = dict(FEW, duration=1.6, extend_stride=0.5)
+    a = magnet.generate_tokens(["calm piano"], seed=3, rescorer=musicgen, rescore_weight=1.0, **kw)
+    b = magnet.generate_tokens(["calm piano"], seed=3, **kw)
+    assert a.shape == b.shape == (1, 4, 80) and not torch.equal(a, b)
+    h = magnet.generate_tokens(["calm piano"], seed=3, hybrid=musicgen, hybrid_seconds=0.3, **kw)
+    prefix = musicgen.generate_tokens(["calm piano"], seed=3, duration=0.3)
+    assert torch.equal(h[..., :15], prefix)
+
+
+def test_magnet_progress_bar_spans_all_windows(magnet, capsys):
+    magnet.generate_tokens(["x"], seed=1, duration=2.0, extend_stride=0.5, progress=True, **FEW)
+    assert f"{8 * plan(100, 48, 25)}/{8 * plan(100, 48, 25)}" in capsys.readouterr().err.replace(" ", "")
+
+
+def test_magnet_windows_release_their_buffers(magnet, monkeypatch):
+    import weakref
+
+    from magnet_fast import generate
+    live, most = weakref.WeakSet(), []
+    init = generate.Decoder.__init__
+
+    def counting(self, *a, **k):
+        most.append(len(live))
+        init(self, *a, **k)
+        live.add(self)
+    monkeypatch.setattr(generate.Decoder, "__init__", counting)
+    magnet.generate_tokens(["x"], seed=1, duration=3.0, extend_stride=0.5, **FEW)
+    assert len(most) == plan(150, 48, 25) and max(most) == 0

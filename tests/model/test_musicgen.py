@@ -221,7 +221,7 @@ def test_batch_invariant_rows_depend_only_on_text_and_seed(fast):
 
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kwargs, match", [
-    ({"duration": 31.0}, "maximum of 30"),
+    ({"duration": 4000.0}, "duration must be <= 3600"),         # over 30 s is long-form, up to an hour
     ({"duration": 0.0}, "duration must be >"),
     ({"duration": float("nan")}, "duration must be a finite"),
     ({"top_k": 513}, "top_k must be <= the codebook size 512"),
@@ -292,3 +292,11 @@ def test_cuda_bf16_logits_close_to_cpu_fp32(folder, exact):
         got = _teacher_forced(model.lm, seq.cuda(), model.lm.cross_kv(cond.cuda()), static=True, null_from=2)
     err = ((got.float().cpu() - ref).norm() / ref.norm()).item()
     assert err < 2e-2, err
+
+
+def test_callback_reports_every_autoregressive_step(fast):
+    seen = []
+    fast.generate_tokens(["x"], seed=1, duration=0.2, callback=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 13) for i in range(1, 14)]          # 10 frames + 3 delays; the first step is the prefill
+    with pytest.raises(ParameterError, match="callback must be callable"):
+        fast.generate_tokens(["x"], duration=0.2, callback="yes")
