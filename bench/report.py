@@ -31,6 +31,8 @@ def _load(results: Path) -> list[tuple[Path, dict, list[dict]]]:
 def _kind(rows: list[dict]) -> str | None:
     if rows and "op" in rows[0]:
         return "kernels"
+    if rows and "mode" in rows[0] and "vs_magnet" in rows[0]:
+        return "paper"
     if rows and "audiocraft_s" in rows[0]:
         return "e2e"
     if rows and "variant" in rows[0]:
@@ -49,9 +51,13 @@ def _e2e(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
     names = [k[:-2] for k in rows[0] if k.endswith("_s") and k != "all_s" and not k.endswith("per_s")]
     geo = meta["geometry"]
     gates = ", ".join(f"{k} {v}" for k, v in meta["gates"].items())
-    out = [f"**End to end, text → tokens, vs audiocraft 1.3.0 in the same process** — {_stamp(folder, meta, base)}. "
+    musicgen = meta.get("model") == "musicgen"
+    what = ("MusicGen end to end" if musicgen else "End to end")
+    schedule = (f"{geo['frames'] + max(geo['delays'])} autoregressive steps, top-k 250, CFG 3" if musicgen
+                else f"steps {','.join(map(str, meta['steps']))}")
+    out = [f"**{what}, text → tokens, vs audiocraft 1.3.0 in the same process** — {_stamp(folder, meta, base)}. "
            f"Random weights in the released format, dim {geo['dim']}, {geo['heads']} heads, {geo['layers']} layers, "
-           f"card {geo['card']}, {geo['frames']} frames, steps {','.join(map(str, meta['steps']))}, "
+           f"card {geo['card']}, {geo['frames']} frames, {schedule}, "
            f"magnet_fast {meta.get('dtype', 'float32')}, median of {meta['repeats']} round-robin runs; "
            f"gates: {gates}.", "",
            "| B | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -98,9 +104,22 @@ def _kernels(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str
     return out
 
 
+def _paper(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
+    geo = meta["geometry"]
+    out = [f"**MAGNeT, rescoring, Hybrid-MAGNeT and MusicGen on this engine** — {_stamp(folder, meta, base)}. "
+           f"Random weights, both models dim {geo['dim']}, {geo['heads']} heads, {geo['layers']} layers, card "
+           f"{geo['card']}; {meta['duration_s']:g} s, B = {meta['batch']}, MAGNeT steps "
+           f"{','.join(map(str, meta['steps']))}, {meta['dtype']}, {meta['threads']} thread(s); gates: "
+           + ", ".join(f"{k} {v}" for k, v in meta["gates"].items()) + ".", "",
+           "| mode | text → tokens | vs MAGNeT |", "|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['mode']} | {r['seconds']:.3f} s | {r['vs_magnet']:.2f}x |")
+    return out
+
+
 def render(results: Path, base: Path) -> str:
     lines = [BEGIN]
-    for kind, fn in (("e2e", _e2e), ("runtime", _runtime), ("kernels", _kernels)):
+    for kind, fn in (("e2e", _e2e), ("paper", _paper), ("runtime", _runtime), ("kernels", _kernels)):
         for folder, meta, rows in _load(results):
             if _kind(rows) == kind:
                 lines += ["", *fn(folder, meta, rows, base)]

@@ -29,6 +29,28 @@ def one_error_line(proc, match: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+class _Done:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def main_in_process(*args: str, cwd: Path, capsys) -> _Done:
+    """``magnet_fast.cli.main`` in this process (the bad-input paths exit before any model loads, so a
+    subprocess per case would only add interpreter start-up); the exit code and the printed lines."""
+    from magnet_fast.cli import main
+    old = os.getcwd()
+    os.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as e:                      # argparse errors exit through the parser
+        code = e.code
+    finally:
+        os.chdir(old)
+    out = capsys.readouterr()
+    return _Done(code, out.out, out.err)
+
+
 def test_musicgen_generate_writes_wavs_of_the_requested_duration(tmp_path):
     proc = cli("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
                "--top-k", "50", "--cfg", "4", "--quiet", "--out", "out", cwd=tmp_path)
@@ -60,21 +82,23 @@ def test_musicgen_two_step_greedy_tokens_only(tmp_path):
     (["--top-k", "5000"], "top_k must be <= the codebook size 2048"),
     (["--duration", "40", "--extend-stride", "30"], "extend_stride must be in (0, 30)"),
 ])
-def test_musicgen_bad_flags_exit_2_one_line(tmp_path, args, match):
-    one_error_line(cli("generate", "--model", str(MG_DEMO), "x", *args, cwd=tmp_path), match)
+def test_musicgen_bad_flags_exit_2_one_line(tmp_path, args, match, capsys):
+    one_error_line(main_in_process("generate", "--model", str(MG_DEMO), "x", *args, cwd=tmp_path, capsys=capsys),
+                   match)
     assert not (tmp_path / "outputs").exists()
 
 
 def test_magnet_refuses_musicgen_flags(tmp_path):
+    """One real subprocess for the contract (console exit code, one line); the other cases run in-process."""
     one_error_line(cli("generate", "x", "--two-step-cfg", cwd=tmp_path), "--two-step-cfg is for MusicGen models")
 
 
-def test_info_shows_the_kind(tmp_path):
-    proc = cli("info", str(MG_DEMO), cwd=tmp_path)
+def test_info_shows_the_kind(tmp_path, capsys):
+    proc = main_in_process("info", str(MG_DEMO), cwd=tmp_path, capsys=capsys)
     assert proc.returncode == 0 and "kind: musicgen" in proc.stdout and "delay pattern [0, 1, 2, 3]" in proc.stdout
-    info = json.loads(cli("info", str(MG_DEMO), "--json", cwd=tmp_path).stdout)
+    info = json.loads(main_in_process("info", str(MG_DEMO), "--json", cwd=tmp_path, capsys=capsys).stdout)
     assert info["kind"] == "musicgen" and info["delays"] == [0, 1, 2, 3]
-    assert "kind: magnet" in cli("info", cwd=tmp_path).stdout
+    assert "kind: magnet" in main_in_process("info", cwd=tmp_path, capsys=capsys).stdout
 
 
 DEMO = ROOT / "magnet_fast" / "demo" / "magnet-tiny-demo"
@@ -108,10 +132,11 @@ def test_magnet_long_form_from_the_cli(tmp_path):
     (["--rescore-weight", "0.5"], "--rescore-weight needs --rescore"),
     (["--duration", "20", "--extend-stride", "12"], "extend_stride must be in (0, 10)"),
 ])
-def test_paired_model_flags_exit_2_one_line(tmp_path, args, match):
-    one_error_line(cli("generate", "x", *args, cwd=tmp_path), match)
+def test_paired_model_flags_exit_2_one_line(tmp_path, args, match, capsys):
+    one_error_line(main_in_process("generate", "x", *args, cwd=tmp_path, capsys=capsys), match)
+    assert not (tmp_path / "outputs").exists()
 
 
-def test_musicgen_refuses_hybrid_flags(tmp_path):
-    one_error_line(cli("generate", "--model", str(MG_DEMO), "x", "--hybrid", str(MG_DEMO), cwd=tmp_path),
-                   "--hybrid is for MAGNeT models")
+def test_musicgen_refuses_hybrid_flags(tmp_path, capsys):
+    one_error_line(main_in_process("generate", "--model", str(MG_DEMO), "x", "--hybrid", str(MG_DEMO),
+                                   cwd=tmp_path, capsys=capsys), "--hybrid is for MAGNeT models")
