@@ -49,14 +49,15 @@ class MusicGenLM(MagnetLM):
 
     def step_logits(self, tokens: torch.Tensor, kv: list, cache: KVCache, pos, rows: slice = slice(None),
                     null_from: int | None = None, static: bool = False,
-                    table: torch.Tensor | None = None) -> torch.Tensor:
+                    table: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """tokens [N, K, S] at pattern positions pos..pos+S-1 -> logits [N, K, S, card] (all codebooks).
 
         kv: per-layer cross-attention (k, v) of these N rows; cache rows ``rows`` hold their past.
         pos: int (eager; S > 1 only from position 0: the prompt's prefill, causal) or a one-element
         long tensor (static; S == 1; ``table`` = ``position_table``). null_from: rows from here on have an
         all-zero condition (their cross-attention output is exactly 0 and is skipped); None computes every
-        row (audiocraft's shapes).
+        row (audiocraft's shapes). last_only: the heads run on the last position only ([N, K, 1, card]; a
+        prompt's prefill then needs no [N, K, S, card] logits; other GEMM shapes, so not in the parity mode).
         """
         x = self.embed(tokens)
         n = tokens.shape[-1]
@@ -78,7 +79,7 @@ class MusicGenLM(MagnetLM):
                 x[:m] += _cross_attention(layer.cross_attn, layer.norm_cross(x[:m]).to(cd), k[:m],
                                           v[:m]).to(x.dtype)
             x = x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x).to(cd)))).to(x.dtype)
-        x = self.out_norm(x)
+        x = self.out_norm(x if not last_only else x[:, -1:])
         return torch.stack([head(x.to(head.weight.dtype)) for head in self.heads], dim=1)
 
 
@@ -236,14 +237,15 @@ class ARDecoder:
         pos: a Python int runs the eager path (also the static decoder's prefill), a tensor the static one."""
         b = self.batch
         static = not isinstance(pos, int)
+        last = null_skip and tokens.shape[-1] > 1       # outside the parity mode a prefill computes one position's heads
         if self.params.two_step_cfg:
             cond = self.lm.step_logits(tokens, self.kv_cond, self.cache, pos, slice(0, b), None, static,
-                                       self.table)
+                                       self.table, last)
             uncond = self.lm.step_logits(tokens, self.kv_null, self.cache, pos, slice(b, 2 * b),
-                                         0 if null_skip else None, static, self.table)
+                                         0 if null_skip else None, static, self.table, last)
             return torch.cat([cond, uncond])
         return self.lm.step_logits(tokens.repeat(2, 1, 1), self.kv, self.cache, pos, slice(None),
-                                   b if null_skip else None, static, self.table)
+                                   b if null_skip else None, static, self.table, last)
 
     def _sample(self, guided: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, K, card] -> tokens [B, K] and a non-finite flag."""

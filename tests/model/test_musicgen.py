@@ -184,6 +184,12 @@ def test_default_attention_same_tokens_as_parity_mode_greedy(exact, fast):
     a = exact.generate_tokens(texts, use_sampling=False, duration=0.6)
     b = fast.generate_tokens(texts, use_sampling=False, duration=0.6)
     assert torch.equal(a, b)
+    # with a prompt: the default's prefill computes the heads at its last position only
+    prompt = a[..., :12]
+    for two_step in (False, True):
+        a = exact.generate_tokens(texts, use_sampling=False, duration=0.6, prompt=prompt, two_step_cfg=two_step)
+        b = fast.generate_tokens(texts, use_sampling=False, duration=0.6, prompt=prompt, two_step_cfg=two_step)
+        assert torch.equal(a, b) and torch.equal(b[..., :12], prompt)
 
 
 @pytest.mark.parametrize("two_step", [False, True])
