@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_cli import AC_EXPORT, FAST, assert_usage_error, cli
+from tests.test_cli import AC_EXPORT, FAST, assert_usage_error, cli, run_main
 
 sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: the CLI writes WAVs with it")
 
@@ -33,7 +33,7 @@ def assert_one_line(proc: subprocess.CompletedProcess, match: str) -> None:
     pytest.param([], "the following arguments are required: command", id="no-command"),
 ])
 def test_argparse_errors_are_one_line(tmp_path, args, match):
-    proc = cli(*args, cwd=tmp_path)
+    proc = (cli if args == [] else run_main)(*args, cwd=tmp_path)
     assert_one_line(proc, match)
     assert "usage:" not in proc.stderr and proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
@@ -84,7 +84,7 @@ def test_convert_force_replaces_a_converted_folder(tmp_path):
 ])
 def test_jsonl_prompts_are_strict(tmp_path, content, match):
     (tmp_path / "p.jsonl").write_text(content)
-    proc = cli("generate", "--prompts-file", "p.jsonl", *FAST, cwd=tmp_path)
+    proc = run_main("generate", "--prompts-file", "p.jsonl", *FAST, cwd=tmp_path)
     assert_one_line(proc, match)
     assert LOADED not in proc.stderr
 
@@ -94,7 +94,7 @@ def test_jsonl_prompts_are_strict(tmp_path, content, match):
     pytest.param("--cfg", "--cfg must be MAX,MIN", id="cfg"),
 ])
 def test_empty_flag_values_are_refused(tmp_path, flag, match):
-    proc = cli("generate", "x", flag, "", "--quiet", cwd=tmp_path)
+    proc = run_main("generate", "x", flag, "", "--quiet", cwd=tmp_path)
     assert_one_line(proc, match)
     assert LOADED not in proc.stderr
 
@@ -162,7 +162,7 @@ def test_failure_after_loading_leaves_no_output_folder(tmp_path):
 ])
 def test_checked_before_the_model_loads(tmp_path, args, match):
     sf.write(tmp_path / "long.wav", np.zeros(32000 * 11, dtype=np.float32), 32000)
-    proc = cli("generate", "x", *FAST, "--out", "o", *args, cwd=tmp_path)
+    proc = run_main("generate", "x", *FAST, "--out", "o", *args, cwd=tmp_path)
     assert_one_line(proc, match)
     assert LOADED not in proc.stderr
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["long.wav"]
