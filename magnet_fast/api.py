@@ -71,7 +71,8 @@ class MagnetFast(Engine):
                         batch_invariant: bool = False, max_batch: int | None = None,
                         rescorer=None, rescore_weight=0.7, rescore_temperature: float = 1.0,
                         hybrid=None, hybrid_seconds: float = 3.0, hybrid_params: dict | None = None,
-                        duration: float | None = None, extend_stride: float | None = None) -> torch.Tensor:
+                        duration: float | None = None, extend_stride: float | None = None,
+                        callback=None) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
 
         None means the model's default (config.json). ``seed`` draws from a private generator seeded
@@ -110,8 +111,12 @@ class MagnetFast(Engine):
         stream runs through all windows (rescoring applies in each), and the output is cut to
         round(duration * frame_rate) frames. Default extend_stride: half the window (MAGNeT attends both
         ways, so a new window gets as much context as it generates; docs/DESIGN.md, Long-form generation).
+
+        callback(done, total): called after every decoding step (total: the steps of one window).
         """
         descriptions = check_descriptions(descriptions)
+        if callback is not None and not callable(callback):
+            raise ParameterError("callback must be callable (done, total) or None")
         params = self.params(decoding_steps=decoding_steps, temperature=temperature, top_p=top_p, top_k=top_k,
                              use_sampling=use_sampling, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef,
                              span_arrangement=span_arrangement, span_scoring=span_scoring, anneal_temp=anneal_temp)
@@ -148,7 +153,7 @@ class MagnetFast(Engine):
             head = None if head is None else head[part]
             if long is None:
                 out = self._decode(descriptions[part], params, head, gen, progress, bool(batch_invariant),
-                                   rescoring=rescoring)
+                                   rescoring=rescoring, user_callback=callback)
                 return out if keep is None else out[..., :keep]
             from magnet_fast.longform import generate_windows
             from magnet_fast.longform import plan as n_windows
@@ -161,7 +166,8 @@ class MagnetFast(Engine):
             try:
                 return generate_windows(
                     lambda p: self._decode(descriptions[part], params, p, gen, False, bool(batch_invariant),
-                                           rescoring=rescoring, bar=bar), head, total, frames, stride)
+                                           rescoring=rescoring, bar=bar, user_callback=callback),
+                    head, total, frames, stride)
             finally:
                 if bar is not None:
                     bar.close()
@@ -194,7 +200,7 @@ class MagnetFast(Engine):
 
     def _decode(self, descriptions, params: SamplingParams, prompt, generator, progress: bool,
                 batch_invariant: bool = False, on_step=None, rescoring: Rescoring | None = None,
-                bar=None) -> torch.Tensor:
+                bar=None, user_callback=None) -> torch.Tensor:
         cond, cross_lengths = self.conditioning(descriptions, batch_invariant)
         with torch.inference_mode():
             kv = self.lm.cross_kv(cond)
@@ -207,10 +213,13 @@ class MagnetFast(Engine):
         if progress:
             from tqdm.auto import tqdm
             own = bar = tqdm(total=sum(params.decoding_steps), desc="decoding", unit="step")
-        if bar is not None:             # this call's bar, or one that spans several calls (long-form)
+        if bar is not None or user_callback is not None:   # this call's bar, or one spanning several calls
 
             def callback(done, total):
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
+                if user_callback is not None:
+                    user_callback(done, total)
         try:
             with self.decoders.lock:
                 n_prompt = 0 if prompt is None else prompt.shape[-1]

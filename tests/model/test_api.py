@@ -76,3 +76,12 @@ def test_none_and_empty_text_are_the_same_null_row(model10):
 def test_progress_bar(model10, capsys):
     model10.generate_tokens(["calm piano"], seed=1, progress=True, **SHORT)
     assert "5/5" in capsys.readouterr().err
+
+
+def test_callback_reports_every_decoding_step(model10):
+    seen = []
+    model10.generate_tokens(["x"], seed=1, decoding_steps=[3, 2, 2, 1], callback=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 8) for i in range(1, 9)]
+    from magnet_fast.errors import ParameterError
+    with pytest.raises(ParameterError, match="callback must be callable"):
+        model10.generate_tokens(["x"], callback=3)
