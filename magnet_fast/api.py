@@ -1,7 +1,6 @@
 """Python API: ``MagnetFast.from_pretrained(path).generate_tokens([...])`` (docs/DESIGN.md, Pipeline)."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from magnet_fast.batching import GRAPH_POLICIES, OUT_OF_MEMORY, DecoderCache, de
 from magnet_fast.conditioning import TextEncoder
 from magnet_fast.config import MagnetConfig
 from magnet_fast.engine import Engine
-from magnet_fast.errors import BatchSplitWarning, ParameterError
+from magnet_fast.errors import ParameterError
 from magnet_fast.generate import Decoder, decode
 from magnet_fast.hybrid import HybridPlan
 from magnet_fast.inputs import (
@@ -21,7 +20,7 @@ from magnet_fast.inputs import (
     check_prompt,
 )
 from magnet_fast.model import MagnetLM, load_lm  # noqa: F401  (load_lm: re-exported)
-from magnet_fast.params import SamplingParams, check_seed, output_frames, resolve_params
+from magnet_fast.params import SamplingParams, output_frames, resolve_params
 from magnet_fast.rescoring import Rescoring
 from magnet_fast.sampling import SAMPLERS
 
@@ -135,12 +134,7 @@ class MagnetFast(Engine):
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
-        seeds = check_seed(seed, len(descriptions))
-        if seeds is None and batch_invariant:     # one base seed from the caller's (or the global) RNG
-            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())]
-        if batch_invariant and seeds is not None and len(seeds) == 1:
-            seeds = [seeds[0] + i for i in range(len(descriptions))]
-        fresh = streams(seeds, isinstance(seed, (list, tuple)) or bool(batch_invariant), self.device)
+        fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
         gens, prefix = [], []
 
         def chunk(part: slice):
@@ -172,15 +166,9 @@ class MagnetFast(Engine):
                 if bar is not None:
                     bar.close()
 
-        def retry():
-            gens.clear()
-            prefix.clear()
-            self.clear_cuda_graphs()
-            if fresh is None and generator is not None:
-                warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
-                              "split run reproducible)", BatchSplitWarning, stacklevel=4)
         return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
-                                          invariant=bool(batch_invariant), on_retry=retry))
+                                          invariant=bool(batch_invariant),
+                                          on_retry=self._retry(fresh, generator, gens, prefix)))
 
     def _long_form(self, duration, extend_stride, frames: int):
         """(long-form plan or None, frames to keep of a single window or None); ParameterError on bad input."""

@@ -61,8 +61,11 @@ class MusicGenLM(MagnetLM):
         """
         x = self.embed(tokens)
         n = tokens.shape[-1]
+        allowed = None
         if static:
             pe = table.index_select(1, pos).to(x.dtype)
+            # keys at or before pos: one [1, 1, 1, L] mask per step, shared by every layer
+            allowed = (torch.arange(cache.length, device=x.device) <= pos).view(1, 1, 1, -1)
         else:                                 # audiocraft's arithmetic for positions pos..pos+n-1, per call
             pe = _sin_at(pos, n, self.cfg.dim, self.cfg.max_period, x.dtype, x.device)
         x = x + self.cfg.positional_scale * pe
@@ -70,7 +73,7 @@ class MusicGenLM(MagnetLM):
         for i, layer in enumerate(self.layers):
             h = layer.norm1(x).to(cd)
             x = x + _self_attention(layer.self_attn, h, cache.k[i][rows], cache.v[i][rows], pos,
-                                    static).to(x.dtype)
+                                    allowed).to(x.dtype)
             k, v = kv[i]
             if null_from is None:
                 x = x + _cross_attention(layer.cross_attn, layer.norm_cross(x).to(cd), k, v).to(x.dtype)
@@ -97,15 +100,15 @@ def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
 
-def _self_attention(attn, x: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, pos, static: bool):
+def _self_attention(attn, x: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, pos, allowed):
+    """allowed: the static step's key mask (one position, fixed shapes), or None for the eager step."""
     b, t, _ = x.shape
     qkv = attn.in_proj(x).view(b, t, 3, attn.heads, -1)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))          # [B, H, t, Dh]
-    if static:                       # one position, fixed shapes: write at pos, read all under a mask
+    if allowed is not None:          # write at pos, read the whole cache under the mask
         ck.index_copy_(2, pos, k)
         cv.index_copy_(2, pos, v)
-        allowed = torch.arange(ck.shape[2], device=x.device) <= pos
-        out = F.scaled_dot_product_attention(q, ck, cv, attn_mask=allowed.view(1, 1, 1, -1))
+        out = F.scaled_dot_product_attention(q, ck, cv, attn_mask=allowed)
     else:
         ck[:, :, pos:pos + t] = k
         cv[:, :, pos:pos + t] = v

@@ -129,13 +129,13 @@ def generation_overrides(args, kind: str = "magnet") -> dict:
                 params["cfg_coef"] = float(args.cfg)
             except ValueError:
                 raise UsageError(f"--cfg must be one number for a MusicGen model, got {args.cfg!r}") from None
-        if args.two_step_cfg:
+        if getattr(args, "two_step_cfg", False):
             params["two_step_cfg"] = True
         params["duration"] = args.duration
-        params["extend_stride"] = args.extend_stride
+        params["extend_stride"] = getattr(args, "extend_stride", None)   # generate only (batch: per item)
         return params
     _refuse(args, MUSICGEN_ONLY, "MAGNeT", "MusicGen")
-    params["duration"], params["extend_stride"] = args.duration, args.extend_stride
+    params["duration"], params["extend_stride"] = args.duration, getattr(args, "extend_stride", None)
     params["span_scoring"] = args.span_scoring
     if args.steps is not None:
         params["decoding_steps"] = _int_list(args.steps, "--steps")
@@ -355,6 +355,104 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- batch
+def add_batch_parser(sub) -> None:
+    """Register ``magnet-fast batch`` on the CLI's subparsers."""
+    b = sub.add_parser("batch", help="run a resumable JSONL job: one WAV per line + manifest.jsonl")
+    b.add_argument("job", help='JSONL: {"id": ..., "text": ..., "seed"?: int, <generation params>} per line')
+    b.add_argument("--out", required=True, help="output folder (WAVs + manifest.jsonl; rerun to resume)")
+    b.add_argument("--model", help="converted model folder (default: the bundled demo)")
+    b.add_argument("--steps", help="default decoding steps per codebook, e.g. 20,10,10,10")
+    b.add_argument("--temperature", type=float)
+    b.add_argument("--top-p", type=float)
+    b.add_argument("--top-k", type=int)
+    b.add_argument("--cfg", help="default CFG: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for MusicGen")
+    b.add_argument("--stride1", action="store_true")
+    b.add_argument("--span-scoring", choices=["max", "prod"])
+    b.add_argument("--greedy", action="store_true")
+    b.add_argument("--no-anneal", action="store_true")
+    b.add_argument("--duration", type=float, help="default duration in seconds (passed only when given)")
+    b.add_argument("--max-batch", type=int, help="items decoded together (default 4 on CPU, 32 on CUDA)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    b.add_argument("--exact", action="store_true", help="parity attention (see `generate --exact`)")
+    b.add_argument("--t5", help="local T5 folder")
+    b.add_argument("--codec", help="local EnCodec folder (transformers format)")
+    b.add_argument("--allow-download", action="store_true")
+    b.add_argument("--threads", type=int, help="torch CPU threads per process (per replica with --ray)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", action="store_true", help="run on Ray Data (pip install -e \".[ray]\")")
+    b.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    b.add_argument("--replicas", type=int, help="model replicas with --ray (default 1; one per GPU on CUDA)")
+    b.set_defaults(func=cmd_batch)
+
+
+def batch_defaults(args, kind: str) -> dict:
+    """``batch`` flags -> the job's default generation parameters (only those given): the same flag rules
+    and checks as ``generate`` (``generation_overrides``)."""
+    return {k: v for k, v in generation_overrides(args, kind).items() if v is not None}
+
+
+def _model_kind(args) -> tuple[Path, object]:
+    from magnet_fast.config import MagnetConfig
+    from magnet_fast.demo import DEMO_MODEL
+    folder = Path(args.model) if args.model else DEMO_MODEL
+    return folder, MagnetConfig.load(folder)
+
+
+def model_spec(args):
+    """The CLI's model (a converted MAGNeT or MusicGen folder: the engine follows config.json's kind),
+    checked from its config.json before anything loads."""
+    from magnet_fast.jobs import ModelSpec
+    from magnet_fast.params import resolve_ar_params, resolve_params
+    folder, cfg = _model_kind(args)
+    defaults = {k: v for k, v in batch_defaults(args, cfg.kind).items() if k != "duration"}
+    kwargs = {"device": args.device, "dtype": args.dtype, "t5": args.t5, "codec": args.codec,
+              "allow_download": args.allow_download, "attention": "exact" if args.exact else None}
+    if cfg.kind == "musicgen":
+        resolve_ar_params(cfg.generation, cfg.card, **defaults)
+        return ModelSpec(str(folder.resolve()), kwargs, loader="magnet_fast.musicgen:MusicGenFast")
+    resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **defaults)
+    return ModelSpec(str(folder.resolve()), kwargs)
+
+
+def cmd_batch(args) -> int:
+    """``magnet-fast batch`` (magnet_fast/jobs.py): exit 0 when every item is done, 1 when any failed, 2 for
+    usage errors."""
+    from magnet_fast.jobs import MANIFEST_NAME, run_job
+    for name in ("max_batch", "replicas", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not args.ray and (args.replicas is not None or args.ray_address is not None):
+        raise UsageError("--replicas and --ray-address need --ray")
+    if args.ray:
+        from magnet_fast.ray_jobs import require_ray
+        require_ray()
+    defaults = batch_defaults(args, _model_kind(args)[1].kind)
+    spec = model_spec(args)
+
+    def warn(message: str) -> None:
+        print(f"magnet-fast: warning: {message}", file=sys.stderr)
+
+    if args.ray:
+        from magnet_fast.ray_jobs import run_ray_job
+        summary = run_ray_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
+                              replicas=args.replicas or 1, address=args.ray_address, threads=args.threads,
+                              quiet=args.quiet, warn=warn)
+    else:
+        summary = run_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
+                          threads=args.threads, quiet=args.quiet, warn=warn)
+    print(summary.line())
+    if summary.failed:
+        shown = ", ".join(repr(i) if i is not None else "(line)" for i in summary.failed_ids[:5])
+        more = ", ..." if summary.failed > 5 else ""
+        print(f"magnet-fast: {summary.failed} item(s) failed ({shown}{more}); errors in "
+              f"{summary.out / MANIFEST_NAME}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="magnet-fast", description="Fast, faithful MAGNeT inference.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -411,7 +509,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
-    from magnet_fast.jobs import add_batch_parser
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
     return p
 

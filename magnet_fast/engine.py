@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.batching import GRAPH_POLICIES, DecoderCache
+from magnet_fast.batching import GRAPH_POLICIES, DecoderCache, streams
 from magnet_fast.conditioning import TextEncoder, encode_condition
 from magnet_fast.config import ENGINES, MagnetConfig
-from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
+from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
 from magnet_fast.inputs import check_device, check_dtype, prompt_audio_tensor
 from magnet_fast.model import MagnetLM, load_lm
+from magnet_fast.params import check_seed
 
 
 class Engine:
@@ -35,6 +36,30 @@ class Engine:
 
     def _default_attention(self) -> str:
         return "exact"
+
+    # ----------------------------------------------------------------------------------- seeds
+    def _seed_streams(self, seed, generator, batch_invariant: bool, n: int):
+        """The call's fresh random streams (``batching.streams``): one seeded stream, one per row for a seed
+        list or batch-invariant mode (seed + i; without a seed one base seed is drawn from ``generator`` or
+        torch's RNG), or None (use ``generator`` / the global RNG)."""
+        seeds = check_seed(seed, n)
+        if seeds is None and batch_invariant:
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())]
+        if batch_invariant and len(seeds) == 1:
+            seeds = [seeds[0] + i for i in range(n)]
+        return streams(seeds, isinstance(seed, (list, tuple)) or batch_invariant, self.device)
+
+    def _retry(self, fresh, generator, *state: list):
+        """``decode_in_chunks``' on_retry: forget the call's streams and cached state (the lists in ``state``)
+        and the decoders; a caller-given generator's stream continues, which a warning says."""
+        def retry():
+            for part in state:
+                part.clear()
+            self.clear_cuda_graphs()
+            if fresh is None and generator is not None:
+                warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
+                              "split run reproducible)", BatchSplitWarning, stacklevel=4)
+        return retry
 
     # ----------------------------------------------------------------------------------- settings
     @property

@@ -3,15 +3,13 @@
 engine's (engine.py, batching.py); the autoregressive loop with its static KV cache is ar.py."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from magnet_fast.ar import ARDecoder, MusicGenLM, decode_ar, first_step
-from magnet_fast.batching import decode_in_chunks, streams
+from magnet_fast.batching import decode_in_chunks
 from magnet_fast.conditioning import encode_condition_apart
 from magnet_fast.engine import Engine
-from magnet_fast.errors import BatchSplitWarning, ParameterError
+from magnet_fast.errors import ParameterError
 from magnet_fast.inputs import (
     check_descriptions,
     check_flag,
@@ -19,7 +17,7 @@ from magnet_fast.inputs import (
     check_max_batch,
     check_prompt,
 )
-from magnet_fast.params import ARParams, check_seed, resolve_ar_params
+from magnet_fast.params import ARParams, resolve_ar_params
 
 MUSICGEN_BACKENDS = ("exact", "sdpa")
 DEFAULT_STRIDE_S = 18.0        # audiocraft's MusicGen extend_stride (30 s window: 12 s of context, 18 s new)
@@ -118,13 +116,7 @@ class MusicGenFast(Engine):
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
-        seeds = check_seed(seed, len(descriptions))
-        if seeds is None and batch_invariant:
-            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device).item())]
-        if batch_invariant and len(seeds) == 1:
-            seeds = [seeds[0] + i for i in range(len(descriptions))]
-        per_row = isinstance(seed, (list, tuple)) or batch_invariant
-        fresh = streams(seeds, per_row, self.device)
+        fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
         if batch_invariant:                       # one row at a time: nothing depends on batch mates
             max_batch = 1
         gens = []
@@ -136,14 +128,9 @@ class MusicGenFast(Engine):
             return self._decode(descriptions[part], params, frames, None if prompt is None else prompt[part],
                                 gen, progress, long, callback)
 
-        def retry():
-            gens.clear()
-            self.clear_cuda_graphs()
-            if fresh is None and generator is not None:
-                warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
-                              "split run reproducible)", BatchSplitWarning, stacklevel=4)
         return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
-                                          invariant=bool(batch_invariant), on_retry=retry))
+                                          invariant=bool(batch_invariant),
+                                          on_retry=self._retry(fresh, generator, gens)))
 
     def _long_form(self, duration, extend_stride):
         return long_form_plan(self.config, duration, extend_stride)
