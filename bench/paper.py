@@ -81,16 +81,15 @@ def rescorer_step_seconds(magnet, musicgen, texts, steps, weight, repeats: int) 
     from common import sync
 
     from magnet_fast.generate import Decoder
-    from magnet_fast.rescoring import Rescoring
+    from magnet_fast.pairing import Rescoring
     params = magnet.params(decoding_steps=steps)
     rescoring = Rescoring(magnet, musicgen, weight, 1.0, params.decoding_steps)
     cond, lengths = magnet.conditioning(texts)
     with torch.inference_mode():
         kv = magnet.lm.cross_kv(cond)
-        rkv, rlen = rescoring.condition(texts, False)
-        dec = Decoder(magnet.lm, len(texts), magnet.frames, params, cross_lengths=lengths,
-                      rescore=(musicgen.lm, rescoring.key(rkv, rlen)))
-        dec._load(kv, None, rkv)
+        request = rescoring.prepare(texts, False)
+        dec = Decoder(magnet.lm, len(texts), magnet.frames, params, cross_lengths=lengths, rescore=request)
+        dec._load(kv, None, request.kv)
         s, step = dec.state, dec.plans[1][0]
         s.seq[:, 0] = torch.randint(0, 2048, s.seq[:, 0].shape, generator=torch.Generator().manual_seed(0)).to(
             s.seq.device)

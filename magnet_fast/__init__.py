@@ -1,6 +1,6 @@
 """magnet_fast: a fast, faithful inference engine for MAGNeT (and MusicGen on the same transformer)."""
 from magnet_fast.api import MagnetFast
-from magnet_fast.config import GenerationDefaults, MagnetConfig
+from magnet_fast.config import MagnetConfig
 from magnet_fast.convert import convert
 from magnet_fast.errors import (
     BatchSplitWarning,
@@ -12,10 +12,10 @@ from magnet_fast.errors import (
     ResourceError,
 )
 from magnet_fast.musicgen import MusicGenFast
-from magnet_fast.params import GenerationParams, SamplingParams, resolve_params
+from magnet_fast.params import SamplingParams, resolve_params
 
 __version__ = "0.1.0"
-__all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "GenerationDefaults", "SamplingParams", "GenerationParams",
+__all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "SamplingParams",
            "resolve_params", "convert", "MagnetFastError",
            "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError",
            "BatchSplitWarning", "__version__"]

@@ -5,23 +5,17 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.batching import GRAPH_POLICIES, OUT_OF_MEMORY, DecoderCache, decode_in_chunks, streams  # noqa: F401
 from magnet_fast.conditioning import TextEncoder
 from magnet_fast.config import MagnetConfig
 from magnet_fast.engine import Engine
 from magnet_fast.errors import ParameterError
 from magnet_fast.generate import Decoder, decode
 from magnet_fast.hybrid import HybridPlan
-from magnet_fast.inputs import (
-    check_descriptions,
-    check_flag,
-    check_generator,
-    check_max_batch,
-    check_prompt,
-)
-from magnet_fast.model import MagnetLM, load_lm  # noqa: F401  (load_lm: re-exported)
+from magnet_fast.inputs import check_descriptions, check_prompt
+from magnet_fast.model import MagnetLM
 from magnet_fast.params import SamplingParams, output_frames, resolve_params
-from magnet_fast.rescoring import Rescoring
+from magnet_fast.request import Progress, Request
+from magnet_fast.pairing import Rescoring
 from magnet_fast.sampling import SAMPLERS
 
 
@@ -113,12 +107,26 @@ class MagnetFast(Engine):
 
         callback(done, total): called after every decoding step (total: the steps of one window).
         """
-        descriptions = check_descriptions(descriptions)
+        return self.run(self.request(
+            descriptions, seed=seed, prompt=prompt, decoding_steps=decoding_steps, temperature=temperature,
+            top_p=top_p, top_k=top_k, use_sampling=use_sampling, max_cfg_coef=max_cfg_coef,
+            min_cfg_coef=min_cfg_coef, span_arrangement=span_arrangement, span_scoring=span_scoring,
+            anneal_temp=anneal_temp, progress=progress, generator=generator, batch_invariant=batch_invariant,
+            max_batch=max_batch, rescorer=rescorer, rescore_weight=rescore_weight,
+            rescore_temperature=rescore_temperature, hybrid=hybrid, hybrid_seconds=hybrid_seconds,
+            hybrid_params=hybrid_params, duration=duration, extend_stride=extend_stride, callback=callback))
+
+    def request(self, descriptions, *, seed=None, prompt=None, progress: bool = False, generator=None,
+                batch_invariant: bool = False, max_batch=None, rescorer=None, rescore_weight=0.7,
+                rescore_temperature: float = 1.0, hybrid=None, hybrid_seconds: float = 3.0,
+                hybrid_params: dict | None = None, duration=None, extend_stride=None, callback=None,
+                **sampling) -> Request:
+        """``generate_tokens``' keywords -> a validated ``Request`` (every check before any work);
+        ``sampling``: the ``SamplingParams`` overrides (decoding_steps, temperature, top_p, ...)."""
+        check_descriptions(descriptions)
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
-        params = self.params(decoding_steps=decoding_steps, temperature=temperature, top_p=top_p, top_k=top_k,
-                             use_sampling=use_sampling, max_cfg_coef=max_cfg_coef, min_cfg_coef=min_cfg_coef,
-                             span_arrangement=span_arrangement, span_scoring=span_scoring, anneal_temp=anneal_temp)
+        params = self.params(**sampling)
         frames = output_frames(self.frames, self.config.span_len, params.span_arrangement)
         long, keep = self._long_form(duration, extend_stride, frames)
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
@@ -131,44 +139,41 @@ class MagnetFast(Engine):
                 raise ParameterError("hybrid generates MAGNeT's prompt itself: pass prompt (or prompt_audio) or "
                                      "hybrid, not both")
             plan = HybridPlan(self, hybrid, hybrid_seconds, hybrid_params, frames)
-        check_generator(generator, self.device)
-        max_batch = check_max_batch(max_batch)
-        batch_invariant = check_flag(batch_invariant, "batch_invariant")
-        fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
-        gens, prefix = [], []
+        return self._request(descriptions, params, frames, prompt=prompt, seed=seed, generator=generator,
+                             batch_invariant=batch_invariant, max_batch=max_batch, progress=progress,
+                             callback=callback, long=long, keep=keep, rescoring=rescoring, hybrid=plan)
 
-        def chunk(part: slice):
-            if not gens:                          # fresh streams for each (re)start of the call
-                gens.append(fresh() if fresh is not None else generator)
-                if plan is not None:              # the AR prefix of every row draws first
-                    prefix[:] = [plan.prefix(descriptions, gens[0], max_batch, progress)]
-            gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
-            head = prefix[0] if prefix else prompt
-            head = None if head is None else head[part]
-            if long is None:
-                out = self._decode(descriptions[part], params, head, gen, progress, bool(batch_invariant),
-                                   rescoring=rescoring, user_callback=callback)
-                return out if keep is None else out[..., :keep]
-            from magnet_fast.longform import generate_windows
-            from magnet_fast.longform import plan as n_windows
-            total, stride = long
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=sum(params.decoding_steps) * n_windows(total, frames, stride), desc="decoding",
-                           unit="step")
-            try:
-                return generate_windows(
-                    lambda p: self._decode(descriptions[part], params, p, gen, False, bool(batch_invariant),
-                                           rescoring=rescoring, bar=bar, user_callback=callback),
-                    head, total, frames, stride)
-            finally:
-                if bar is not None:
-                    bar.close()
+    # ----------------------------------------------------------------------------------- window hooks
+    def _head(self, req: Request, generator):
+        if req.hybrid is not None:              # the AR prefix of every row draws first
+            return req.hybrid.prefix(list(req.descriptions), generator, req.max_batch, req.progress)
+        return req.prompt
 
-        return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
-                                          invariant=bool(batch_invariant),
-                                          on_retry=self._retry(fresh, generator, gens, prefix)))
+    def _progress_total(self, req: Request) -> int:
+        from magnet_fast.longform import plan as n_windows
+        windows = 1 if req.long is None else n_windows(req.long[0], req.frames, req.long[1])
+        return sum(req.params.decoding_steps) * windows
+
+    def _prepare(self, req: Request, texts: list):
+        cond, cross_lengths = self.conditioning(texts, req.batch_invariant)
+        with torch.inference_mode():
+            kv = self.lm.cross_kv(cond)
+        # the rescorer's own T5 and cross K/V, once per generation
+        rescore = None if req.rescoring is None else req.rescoring.prepare(texts, req.batch_invariant)
+        return kv, cross_lengths, rescore
+
+    def _decode_window(self, req: Request, ctx, texts: list, prompt, generator, progress: Progress,
+                       on_step=None) -> torch.Tensor:
+        kv, cross_lengths, rescore = ctx
+        n_prompt = 0 if prompt is None else prompt.shape[-1]
+        shape = None if self.cuda_graphs != "auto" else Decoder.make_key(
+            self.lm, len(texts), self.frames, kv[0][0].shape[-2], req.params, n_prompt, cross_lengths,
+            self.sampler, None, None if rescore is None else rescore.spec)
+        graphs = self.decoders.mode_for(shape, self.cuda_graphs, self._graph_mode)
+        cache = self.decoders if graphs is not None or self.cuda_graphs is True else None
+        return decode(self.lm, kv, len(texts), self.frames, req.params, prompt=prompt, generator=generator,
+                      cross_lengths=cross_lengths, sampler=self.sampler, callback=progress.step, graphs=graphs,
+                      cache=cache, on_step=on_step, rescore=rescore)
 
     def _long_form(self, duration, extend_stride, frames: int):
         """(long-form plan or None, frames to keep of a single window or None); ParameterError on bad input."""
@@ -185,62 +190,3 @@ class MagnetFast(Engine):
         """This model's defaults overridden by the non-None ``overrides``, validated (ParameterError)."""
         return resolve_params(self.config.generation, self.config.n_q, self.config.card,
                               frames=self.config.frames, span_len=self.config.span_len, **overrides)
-
-    def _decode(self, descriptions, params: SamplingParams, prompt, generator, progress: bool,
-                batch_invariant: bool = False, on_step=None, rescoring: Rescoring | None = None,
-                bar=None, user_callback=None) -> torch.Tensor:
-        cond, cross_lengths = self.conditioning(descriptions, batch_invariant)
-        with torch.inference_mode():
-            kv = self.lm.cross_kv(cond)
-        rescore = rescore_key = None
-        if rescoring is not None:                  # the rescorer's own T5 and cross K/V, once per generation
-            rescore_kv, rescore_lengths = rescoring.condition(descriptions, batch_invariant)
-            rescore_key = rescoring.key(rescore_kv, rescore_lengths)
-            rescore = (rescoring.engine.lm, rescore_key, rescore_kv)
-        own = callback = None
-        if progress:
-            from tqdm.auto import tqdm
-            own = bar = tqdm(total=sum(params.decoding_steps), desc="decoding", unit="step")
-        if bar is not None or user_callback is not None:   # this call's bar, or one spanning several calls
-
-            def callback(done, total):
-                if bar is not None:
-                    bar.update(1)
-                if user_callback is not None:
-                    user_callback(done, total)
-        try:
-            with self.decoders.lock:
-                n_prompt = 0 if prompt is None else prompt.shape[-1]
-                shape = None if self.cuda_graphs != "auto" else Decoder.make_key(
-                    self.lm, len(descriptions), self.frames, kv[0][0].shape[-2], params, n_prompt, cross_lengths,
-                    self.sampler, None, rescore_key)
-                graphs = self.decoders.mode_for(shape, self.cuda_graphs, self._graph_mode)
-                cache = self.decoders if graphs is not None or self.cuda_graphs is True else None
-                out = decode(self.lm, kv, len(descriptions), self.frames, params, prompt=prompt,
-                             generator=generator, cross_lengths=cross_lengths, sampler=self.sampler,
-                             callback=callback, graphs=graphs, cache=cache, on_step=on_step, rescore=rescore)
-                self.decoders.evict()
-            return out
-        finally:
-            if own is not None:
-                own.close()
-
-    def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
-                 **kwargs) -> torch.Tensor:
-        """Text (and optional audio prompt to continue) -> audio [B, channels, samples] at sample_rate.
-
-        Takes every keyword of ``generate_tokens`` (seed, decoding_steps, temperature, top_p, ..., rescorer,
-        rescore_weight, hybrid, hybrid_seconds, hybrid_params). The prompt audio is encoded and continued;
-        the output starts with it, as in audiocraft (not combinable with hybrid).
-        """
-        if prompt_audio is not None:
-            if kwargs.get("prompt") is not None:
-                raise ParameterError("pass either prompt (tokens) or prompt_audio, not both")
-            if kwargs.get("hybrid") is not None:
-                raise ParameterError("hybrid generates MAGNeT's prompt itself: pass prompt_audio or hybrid, not both")
-            check_descriptions(descriptions)
-            kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
-        else:
-            self.load_codec()                              # fail before decoding if there is no codec
-        return self.decode(self.generate_tokens(descriptions, **kwargs))
-

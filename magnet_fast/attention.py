@@ -77,9 +77,6 @@ class AttentionCache:
         self._ready = (t, backend, str(device))
 
 
-BandCache = AttentionCache          # the older name
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, *,
               backend: str = "exact", masks: AttentionCache | None = None,
               key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:

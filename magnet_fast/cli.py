@@ -328,8 +328,8 @@ def cmd_info(args) -> int:
                 n *= d
             params += n
             dtypes.add(sl.get_dtype())
-    from magnet_fast.model import _check_header
-    _check_header(folder / WEIGHTS_NAME, cfg, header)         # the same checks as loading it for generate
+    from magnet_fast.loading import check_header
+    check_header(folder / WEIGHTS_NAME, cfg, header)         # the same checks as loading it for generate
     info = {"model": str(folder), "parameters": params, "dtypes": sorted(dtypes), **cfg.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))

@@ -66,7 +66,7 @@ def encode_condition(text: TextEncoder, lm, descriptions, batch_invariant: bool 
     over the padding, so a row depends on its batch mates. batch_invariant: each text is encoded alone and
     padding is masked out of cross-attention (null rows keep their all-zero keys).
     """
-    device = lm.emb[0].weight.device
+    device = lm.device
     if not batch_invariant:
         hidden, mask = text.encode(descriptions)
         with torch.inference_mode():
@@ -89,7 +89,7 @@ def encode_condition_apart(text: TextEncoder, lm, descriptions):
     """Two-step CFG as audiocraft runs it: the B texts encoded as their own padded batch -> (cond [B, L, dim],
     null [B, 1, dim]). A null condition is all zeros whatever its padded length (zero keys and values give
     a zero cross-attention output), so one position stands for it."""
-    device = lm.emb[0].weight.device
+    device = lm.device
     entries = [d if d is not None else "" for d in descriptions]
     batch = text.tokenizer(entries, return_tensors="pt", padding=True)
     mask = batch["attention_mask"].clone()

@@ -8,12 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from magnet_fast.errors import ConfigError, ParameterError
-from magnet_fast.params import (  # noqa: F401
+from magnet_fast.params import (
     MAX_FRAMES,
     MAX_SEGMENT_S,
-    MUSICGEN_DEFAULT_DURATION,
-    SPAN_ARRANGEMENTS,
-    SPAN_SCORINGS,
     ARParams,
     SamplingParams,
     validate,
@@ -23,7 +20,6 @@ from magnet_fast.params import (  # noqa: F401
 FORMAT = "magnet_fast/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-GenerationDefaults = SamplingParams    # a model's decoding defaults (config.json "generation")
 # Geometry bounds (docs/DESIGN.md, "Bounds checked before work"); released: 24/48 layers, 4 codebooks
 MAX_LAYERS = 1024
 MAX_CODEBOOKS = 64
@@ -50,7 +46,7 @@ class MagnetConfig:
     t5_dim: int = 768
     sample_rate: int = 32000
     weights_dtype: str = "float16"
-    generation: GenerationDefaults | ARParams = field(default_factory=GenerationDefaults)
+    generation: SamplingParams | ARParams = field(default_factory=SamplingParams)
     kind: str = "magnet"               # "magnet" (masked, parallel) or "musicgen" (autoregressive, causal)
     delays: tuple[int, ...] | None = None   # musicgen: the delay pattern's per-codebook delays
     lm_cfg_coef: float | None = None   # musicgen: the LM's own CFG coefficient (audiocraft's two-step CFG uses it)
@@ -94,7 +90,7 @@ class MagnetConfig:
         if kind not in KINDS:
             raise ConfigError(f"{where}: kind must be one of {KINDS}, got {kind!r}; re-create it with "
                               "`magnet-fast convert`")
-        gen_cls = ARParams if kind == "musicgen" else GenerationDefaults
+        gen_cls = ARParams if kind == "musicgen" else SamplingParams
         known_gen = {f.name for f in dataclasses.fields(gen_cls)}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted((set(d) - known) | (set(gen) - known_gen))

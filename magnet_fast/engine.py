@@ -7,18 +7,33 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.batching import GRAPH_POLICIES, DecoderCache, streams
+from magnet_fast.batching import GRAPH_POLICIES, DecoderCache, decode_in_chunks, streams
 from magnet_fast.conditioning import TextEncoder, encode_condition
 from magnet_fast.config import ENGINES, MagnetConfig
 from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
-from magnet_fast.inputs import check_device, check_dtype, prompt_audio_tensor
-from magnet_fast.model import MagnetLM, load_lm
+from magnet_fast.inputs import (
+    check_descriptions,
+    check_device,
+    check_dtype,
+    check_flag,
+    check_generator,
+    check_max_batch,
+    check_prompt,
+    prompt_audio_tensor,
+)
+from magnet_fast.longform import generate_windows
+from magnet_fast.loading import load_lm
+from magnet_fast.model import MagnetLM
 from magnet_fast.params import check_seed
+from magnet_fast.request import Progress, Request
 
 
 class Engine:
-    """Base of the engines: a loaded LM + text encoder + (lazily) codec. Subclasses set ``KIND`` (the
-    config.json kind they decode), ``LM_CLASS`` and implement generate_tokens / generate."""
+    """Base of the engines: a loaded LM + text encoder + (lazily) codec, and the per-call scaffolding every
+    family shares: a validated ``Request``, seed streams, chunks that halve on out-of-memory, progress and
+    callback, long-form windows and ``generate()``. A family (``MagnetFast``, ``MusicGenFast``) sets ``KIND``
+    (the config.json kind it decodes) and ``LM_CLASS``, builds its Request in ``generate_tokens`` and
+    implements the window hooks ``_prepare`` (condition once per chunk) and ``_decode_window``."""
 
     KIND = "magnet"
     LM_CLASS = MagnetLM
@@ -28,7 +43,7 @@ class Engine:
         self.lm, self.text, self.config, self.path = lm, text, cfg, path
         self._codec = None
         self._codec_source, self._allow_download = codec_source, allow_download
-        self.device = lm.emb[0].weight.device
+        self.device = lm.device
         self.dtype = lm.compute_dtype
         self.decoders = DecoderCache(capacity=4)      # decoders (buffers, CUDA graphs) of recent shapes
         self.cuda_graphs = "auto" if self.device.type == "cuda" else False
@@ -60,6 +75,91 @@ class Engine:
                 warnings.warn("the retry continues the given generator's stream (pass seed= to make the "
                               "split run reproducible)", BatchSplitWarning, stacklevel=4)
         return retry
+
+    # ----------------------------------------------------------------------------------- one call
+    def _request(self, descriptions, params, frames: int, *, prompt=None, seed=None, generator=None,
+                 batch_invariant=False, max_batch=None, progress=False, callback=None, **family) -> Request:
+        """The checks every family shares, before any work -> a frozen ``Request``."""
+        descriptions = check_descriptions(descriptions)
+        if callback is not None and not callable(callback):
+            raise ParameterError("callback must be callable (done, total) or None")
+        prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
+        check_generator(generator, self.device)
+        max_batch = check_max_batch(max_batch)
+        batch_invariant = bool(check_flag(batch_invariant, "batch_invariant"))
+        check_seed(seed, len(descriptions))
+        return Request(tuple(descriptions), params, frames, prompt, seed, generator, batch_invariant, max_batch,
+                       progress=progress, callback=callback, **family)
+
+    def run(self, req: Request) -> torch.Tensor:
+        """Decode a Request -> tokens [B, n_q, T]: fresh streams, chunks of ``max_batch`` rows (halved and
+        started over on out-of-memory), each chunk conditioned once and decoded window by window."""
+        fresh = self._seed_streams(req.seed, req.generator, req.batch_invariant, req.batch)
+        gens, heads = [], []
+
+        def chunk(part: slice):
+            if not gens:                          # fresh streams for each (re)start of the call
+                gens.append(fresh() if fresh is not None else req.generator)
+                heads[:] = [self._head(req, gens[0])]
+            gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
+            head = None if heads[0] is None else heads[0][part]
+            texts = req.rows(part)
+            ctx = self._prepare(req, texts)
+            with Progress(req.progress, req.callback, self._progress_total(req)) as progress:
+                def window(prompt):
+                    with self.decoders.lock:
+                        out = self._decode_window(req, ctx, texts, prompt, gen, progress)
+                        self.decoders.evict()
+                    return out
+                if req.long is None:
+                    out = window(head)
+                    return out if req.keep is None else out[..., :req.keep]
+                total, stride = req.long
+                return generate_windows(window, head, total, req.frames, stride)
+
+        return torch.cat(decode_in_chunks(chunk, req.batch, self._chunk_size(req), device=self.device,
+                                          invariant=req.batch_invariant,
+                                          on_retry=self._retry(fresh, req.generator, gens, heads)))
+
+    # hooks a family implements
+    def _head(self, req: Request, generator):
+        """The fixed frames every window 1 starts from (the prompt; MAGNeT: a hybrid prefix drawn first)."""
+        return req.prompt
+
+    def _chunk_size(self, req: Request) -> int | None:
+        return req.max_batch
+
+    def _progress_total(self, req: Request) -> int | None:
+        """The call's step count when known up front (else windows add theirs: ``Progress.expect``)."""
+        return None
+
+    def _prepare(self, req: Request, texts: list):
+        """What every window of a chunk shares (the condition K/V), computed once."""
+        raise NotImplementedError
+
+    def _decode_window(self, req: Request, ctx, texts: list, prompt, generator, progress: Progress):
+        raise NotImplementedError
+
+    def generate_tokens(self, descriptions, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Text (and optional audio prompt to continue) -> audio [B, channels, samples] at sample_rate.
+
+        Takes every keyword of ``generate_tokens``. The prompt audio is encoded and continued; the output
+        starts with it, as in audiocraft (MAGNeT: not combinable with hybrid).
+        """
+        if prompt_audio is not None:
+            if kwargs.get("prompt") is not None:
+                raise ParameterError("pass either prompt (tokens) or prompt_audio, not both")
+            if kwargs.get("hybrid") is not None:
+                raise ParameterError("hybrid generates MAGNeT's prompt itself: pass prompt_audio or hybrid, not both")
+            check_descriptions(descriptions)
+            kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
+        else:
+            self.load_codec()                              # fail before decoding if there is no codec
+        return self.decode(self.generate_tokens(descriptions, **kwargs))
 
     # ----------------------------------------------------------------------------------- settings
     @property

@@ -10,17 +10,17 @@ the host) and the progress callback touch Python per step.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from magnet_fast.errors import NumericsError, ParameterError
+from magnet_fast.errors import ParameterError
 from magnet_fast.kernels.sample import naive as S
 from magnet_fast.model import MagnetLM
-from magnet_fast.params import SamplingParams, output_frames, resolve_params  # noqa: F401  (re-exported)
-from magnet_fast.rescoring import RescoreKey, Rescorer
+from magnet_fast.params import SamplingParams, output_frames
+from magnet_fast.rescoring import Rescorer
+from magnet_fast.runner import RunnerKey, StaticRunner, cached, fill_noise, runner_key, static_copy
 from magnet_fast.sampling import make_sampler
 from magnet_fast.schedule import Step, stage_steps
 from magnet_fast.scoring import make_scorer
@@ -78,63 +78,30 @@ def decode_step(lm: MagnetLM, state: DecodeState, step: Step, arrangement, sampl
     return row, scorer(sampled_probs, arrangement.scored_mask(units, was_masked)), nonfinite
 
 
-GRAPH_MODES = (None, "cuda", "fx")
-
-
-class DecoderKey(NamedTuple):
-    """What a cached Decoder (its buffers and recorded steps) is valid for: the model, shapes, parameters,
-    attention backend, sampler, graph mode and the weights' addresses (a recording that outlived replaced
-    parameters would read freed memory)."""
-    model: int
-    device: str
-    dtype: torch.dtype
-    batch: int
-    frames: int
-    text_len: int
+class MagnetSpec(NamedTuple):
+    """MAGNeT's part of a decoder's ``RunnerKey``: what its recorded steps depend on besides the shape."""
     params: SamplingParams
-    n_prompt: int
     backend: str
     cross_lengths: tuple[int, ...] | None
     sampler: str
-    graphs: str | None
-    weights: int
-    rescore: RescoreKey | None = None       # the rescorer, its weights, temperature and text length
-
-    def eager(self) -> DecoderKey:
-        """The same shape without graphs (what the 'auto' graph policy counts sightings of)."""
-        return self._replace(graphs=None)
+    rescore: tuple | None = None            # ``RescoreRequest.spec``: the rescorer, its weights and settings
 
 
-def _fill_noise(buf: torch.Tensor, generator) -> torch.Tensor:
-    """Refill [B, T, card] with Exp(1) noise in place: the draws torch.multinomial makes (one stream for
-    the batch), or row i from generator[i]."""
-    if isinstance(generator, list):
-        for row, g in zip(buf, generator, strict=True):
-            row.exponential_(1, generator=g)
-        return buf
-    return buf.exponential_(1, generator=generator)
-
-
-class Decoder:
+class Decoder(StaticRunner):
     """Decoding one batch shape: every buffer allocated once and reused by every step and call.
 
-    graphs: None runs each step eagerly. "cuda" records each (stage, step) as a CUDA graph the first time
-    it runs (after running it eagerly, which also warms caches, cuBLAS and Triton) and replays it on every
-    later call with the same key (``Decoder.make_key``); all graphs share one memory pool. "fx" is the same
-    protocol on any device with ``make_fx`` traces standing in for the graphs, so CPU tests can check that
-    nothing a graph freezes depends on the call. Noise is drawn eagerly before each replay from the
+    graphs: None runs each step eagerly; "cuda" records each (stage, step) on its first run and replays it
+    on every later call with the same key (``Decoder.make_key``), all graphs in one memory pool; "fx" is the
+    same protocol with ``make_fx`` traces (runner.py). Noise is drawn eagerly before each step from the
     caller's generator(s), so the RNG advances exactly as in eager decoding.
     """
 
     def __init__(self, lm: MagnetLM, batch: int, frames: int, params: SamplingParams, *, n_prompt: int = 0,
                  cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
-                 graphs: str | None = None, rescore: tuple[MagnetLM, RescoreKey] | None = None):
-        if graphs not in GRAPH_MODES:
-            raise ParameterError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
-        cfg, device = lm.cfg, lm.emb[0].weight.device
-        if graphs == "cuda" and device.type != "cuda":
-            raise ParameterError(f"CUDA graphs need a CUDA device; the model is on {device}")
-        self.lm, self.params, self.batch, self.graphs, self.n_prompt = lm, params, batch, graphs, n_prompt
+                 graphs: str | None = None, rescore=None):
+        super().__init__(lm, graphs)
+        cfg, device = lm.cfg, lm.device
+        self.params, self.batch, self.n_prompt = params, batch, n_prompt
         self.arrangement = make_arrangement(cfg.span_len, params.span_arrangement)
         self.scorer = make_scorer(params.span_scoring, self.arrangement)
         unit = self.arrangement.unit                        # scores live on spans or on tokens
@@ -154,22 +121,18 @@ class Decoder:
             prompt=torch.zeros(batch, cfg.n_q, n_prompt, dtype=torch.long, device=device) if n_prompt else None,
             cross_lengths=cross_lengths)
         self.prefix = torch.zeros(2 * batch, t, cfg.dim, dtype=lm.emb[0].weight.dtype, device=device)
-        self.flag = torch.zeros((), dtype=torch.bool, device=device)
-        # rescoring (rescoring.py): the rescorer LM and its RescoreKey; None decodes without one
-        self.rescorer = None if rescore is None else Rescorer(rescore[0], batch, t, rescore[1], graphs is not None)
-        self.recorded: dict = {}                            # (stage, step) -> replay callable
-        self._pool = torch.cuda.graph_pool_handle() if graphs == "cuda" else None
+        # rescoring (rescoring.py): a RescoreRequest; None decodes without one
+        self.rescorer = None if rescore is None else Rescorer(rescore, batch, t, graphs is not None)
 
     @staticmethod
     def make_key(lm: MagnetLM, batch: int, frames: int, text_len: int, params: SamplingParams, n_prompt: int,
-                 cross_lengths, sampler: str, graphs: str | None, rescore: RescoreKey | None = None) -> DecoderKey:
-        """Everything a recorded step depends on besides buffer contents (see ``DecoderKey``)."""
-        return DecoderKey(id(lm), str(lm.emb[0].weight.device), lm.compute_dtype, batch, frames, text_len,
-                          params, n_prompt, lm.attention_backend, cross_lengths, sampler, graphs,
-                          hash(tuple(t.data_ptr() for t in lm.parameters())), rescore)
+                 cross_lengths, sampler: str, graphs: str | None, rescore: tuple | None = None) -> RunnerKey:
+        """Everything a recorded step depends on besides buffer contents (see ``RunnerKey``, ``MagnetSpec``);
+        rescore: ``RescoreRequest.spec`` or None."""
+        return runner_key("magnet", lm, batch, frames, text_len, n_prompt, graphs,
+                          MagnetSpec(params, lm.attention_backend, cross_lengths, sampler, rescore))
 
     def buffers(self) -> list[torch.Tensor]:
-        """Every long-lived tensor a recorded step may read or write (tests check recordings read no other)."""
         s = self.state
         out = [s.seq, s.row, s.scores, s.noise, self.flag, self.prefix, *[t for kv in s.kv or [] for t in kv]]
         if s.prompt is not None:
@@ -178,20 +141,17 @@ class Decoder:
             out += self.rescorer.tensors()
         return out + (self.sampler.device_tensors() if hasattr(self.sampler, "device_tensors") else [])
 
+    def written(self) -> list[torch.Tensor]:
+        s = self.state
+        return [s.seq, s.row, s.scores, self.flag]
+
     def _load(self, kv: list, prompt: torch.Tensor | None, rescore_kv: list | None = None) -> None:
         s = self.state
         if self.rescorer is not None:
             if rescore_kv is None:
                 raise ParameterError("this Decoder rescores: pass the rescorer's condition K/V (rescore_kv)")
             self.rescorer.load(rescore_kv)
-        if self.graphs is None:
-            s.kv = kv
-        elif s.kv is None:                      # static copies: the recorded steps read these addresses
-            s.kv = [(k.clone(), v.clone()) for k, v in kv]
-        else:
-            for (sk, sv), (k, v) in zip(s.kv, kv, strict=True):
-                sk.copy_(k)
-                sv.copy_(v)
+        s.kv = static_copy(s.kv, kv, self.graphs)
         s.seq.fill_(self.lm.mask_id)
         if self.n_prompt:
             s.prompt.copy_(prompt)
@@ -216,17 +176,19 @@ class Decoder:
             for step in plan:
                 # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
                 if self.params.use_sampling:
-                    _fill_noise(s.noise, generator)
-                self._step(step)
+                    fill_noise(s.noise, generator)
+                self.run_step((step.stage, step.index), self._step_fn(step))
                 done += 1
                 if on_step is not None:
                     on_step(stage, step.index, s)
                 if callback is not None:
                     callback(done, total)
-        if self.flag:
-            raise NumericsError("non-finite probabilities reached sampling (overflow in the LM or CFG?); "
-                                "try float32 (dtype='float32') or a smaller cfg coefficient")
+        self.check_finite()
         return s.seq[: self.batch].clone()
+
+    def _step_fn(self, step: Step):
+        """The step as a function of no arguments (what ``run_step`` runs, records or traces)."""
+        return lambda: self._body(step)
 
     def _body(self, step: Step) -> None:
         row, scores, bad = decode_step(self.lm, self.state, step, self.arrangement, self.sampler, self.scorer,
@@ -235,28 +197,6 @@ class Decoder:
         self.state.scores.copy_(scores)
         self.flag.logical_or_(bad)
 
-    def _step(self, step: Step) -> None:
-        key = (step.stage, step.index)
-        replay = self.recorded.get(key)
-        if replay is not None:
-            replay()
-            return
-        self._body(step)                        # eager: the real step (and the warm-up of a recording)
-        if self.graphs == "cuda":
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):      # records only: nothing runs here
-                self._body(step)
-            self.recorded[key] = graph.replay
-        elif self.graphs == "fx":
-            from torch.fx.experimental.proxy_tensor import make_fx
-            s = self.state
-            written = (s.seq, s.row, s.scores, self.flag)                  # what _body writes
-            saved = [t.clone() for t in written]
-            traced = make_fx(lambda: self._body(step))()              # tracing runs the ops: undo them
-            for buf, old in zip(written, saved, strict=True):
-                buf.copy_(old)
-            self.recorded[key] = traced
-
 
 @torch.inference_mode()
 def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingParams, *,
@@ -264,7 +204,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
            generator: torch.Generator | list[torch.Generator] | None = None,
            cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch", callback=None,
            graphs: str | None = None, cache: dict | None = None, on_step=None,
-           rescore: tuple | None = None) -> torch.Tensor:
+           rescore=None) -> torch.Tensor:
     """Run all stages with the model's attention backend. kv: cross-attention K/V for 2*batch rows (cond
     then null). -> [B, n_q, T'] int64.
 
@@ -273,20 +213,12 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
     on the device (no per-step sync) and raise NumericsError at the end instead of returning tokens
     sampled from garbage. graphs / cache: see ``Decoder``; ``cache`` (a dict owned by the caller, e.g. the
     API's DecoderCache) keeps Decoders, with their buffers and recordings, for later calls of the same key.
-    rescore: None, or (rescorer LM, RescoreKey, its condition K/V of the B rows) to rescore every step
-    (rescoring.py).
+    rescore: None, or a ``rescoring.RescoreRequest`` (``Rescoring.prepare``) to rescore every step.
     """
     n_prompt = 0 if prompt is None else prompt.shape[-1]
-    rescore_lm, rescore_key, rescore_kv = rescore if rescore is not None else (None, None, None)
     key = Decoder.make_key(lm, batch, frames, kv[0][0].shape[-2], params, n_prompt, cross_lengths, sampler,
-                           graphs, rescore_key)
-    decoder = None if cache is None else cache.get(key)
-    if decoder is None:
-        decoder = Decoder(lm, batch, frames, params, n_prompt=n_prompt, cross_lengths=cross_lengths,
-                          sampler=sampler, graphs=graphs,
-                          rescore=None if rescore is None else (rescore_lm, rescore_key))
-        if cache is not None:
-            cache[key] = decoder
-    if isinstance(cache, OrderedDict):
-        cache.move_to_end(key)                               # most recently used last
-    return decoder.run(kv, prompt, generator, callback, on_step, rescore_kv)
+                           graphs, None if rescore is None else rescore.spec)
+    decoder = cached(cache, key, lambda: Decoder(lm, batch, frames, params, n_prompt=n_prompt,
+                                                 cross_lengths=cross_lengths, sampler=sampler, graphs=graphs,
+                                                 rescore=rescore))
+    return decoder.run(kv, prompt, generator, callback, on_step, None if rescore is None else rescore.kv)

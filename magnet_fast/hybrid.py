@@ -10,7 +10,7 @@ import torch
 
 from magnet_fast.errors import ParameterError
 from magnet_fast.params import AR_NAMES
-from magnet_fast.rescoring import check_compatible, check_musicgen
+from magnet_fast.pairing import check_compatible, check_musicgen
 
 # what hybrid_params may set: MusicGen's sampling parameters (the length is hybrid_seconds)
 HYBRID_PARAMS = tuple(n for n in AR_NAMES if n != "duration")

@@ -17,26 +17,90 @@ below is a no-op.
 """
 from __future__ import annotations
 
-import itertools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from magnet_fast.attention import BACKENDS, AttentionCache, attention
-from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
-from magnet_fast.errors import CheckpointError, ParameterError
+from magnet_fast.config import MagnetConfig
+from magnet_fast.errors import ParameterError
 from magnet_fast.kernels.constants import mask_id
 
 
-def sin_embedding(t: int, dim: int, max_period: float, dtype: torch.dtype, device) -> torch.Tensor:
-    """[1, t, dim] positions 0..t-1: cos(phase) then sin(phase), phase = pos / P^(j / (dim/2 - 1))."""
+def sin_embedding(t: int, dim: int, max_period: float, dtype: torch.dtype, device, start: int = 0) -> torch.Tensor:
+    """[1, t, dim] positions start..start+t-1: cos(phase) then sin(phase), phase = pos / P^(j / (dim/2 - 1)).
+    The one positions function: MAGNeT's table, the rescorer's and MusicGen's static tables (start 0) and
+    MusicGen's eager steps (start = the step's position, audiocraft's per-call arithmetic)."""
     half = dim // 2
-    pos = torch.arange(t, device=device).view(1, -1, 1).to(dtype)
+    pos = (torch.arange(t, device=device).view(1, -1, 1) + start).to(dtype)
     j = torch.arange(half, device=device, dtype=dtype).view(1, 1, -1)
     period = torch.full([], max_period, device=device, dtype=dtype)
     phase = pos / (period ** (j / (half - 1)))
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+# ------------------------------------------------------------------------------ self-attention masks
+# What a forward's self-attention attends: the one ``MagnetLM.forward`` takes one of these and every layer
+# calls ``mask.attend(layer_index, q, k, v)`` with its q, k, v [B, H, T, Dh] (views of the packed in_proj).
+class Band(NamedTuple):
+    """MAGNeT: full (window None) or restricted-context (|q - k| <= window) bidirectional attention through
+    ``attention.attention`` with the model's backend and caches."""
+    window: int | None
+    backend: str
+    masks: AttentionCache
+
+    def attend(self, layer: int, q, k, v):
+        return attention(q, k, v, self.window, backend=self.backend, masks=self.masks)
+
+
+class Causal(NamedTuple):
+    """Causal attention over the whole sequence at once (teacher forcing: the rescorer; training MusicGen):
+    SDPA with ``is_causal``, audiocraft's non-streaming call."""
+
+    def attend(self, layer: int, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class KVCache:
+    """Per-layer self-attention keys and values, [N, heads, length, head_dim] each, allocated once (the
+    static cache of autoregressive decoding, gpt-fast's ``setup_caches``)."""
+
+    def __init__(self, num_layers: int, rows: int, heads: int, length: int, head_dim: int, dtype, device):
+        shape = (rows, heads, length, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = length
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.k, *self.v]
+
+
+class Cached(NamedTuple):
+    """Causal attention over a ``KVCache`` (rows ``rows`` of it): the new keys/values are written at ``pos``.
+
+    pos an int (eager): written in place at pos..pos+T-1, attention over the first pos+T entries; several
+    positions only from 0 (a prefill, causal), one position unmasked (audiocraft's streaming shapes and
+    flags). pos a one-element device tensor (static): one position, ``index_copy_`` at pos and the whole
+    cache read under ``allowed`` (key <= pos): fixed shapes, no host sync, what a CUDA graph replays."""
+    cache: KVCache
+    pos: object
+    rows: slice = slice(None)
+    allowed: torch.Tensor | None = None
+
+    def attend(self, layer: int, q, k, v):
+        ck, cv, pos = self.cache.k[layer][self.rows], self.cache.v[layer][self.rows], self.pos
+        t = q.shape[-2]
+        if self.allowed is not None:
+            ck.index_copy_(2, pos, k)
+            cv.index_copy_(2, pos, v)
+            return F.scaled_dot_product_attention(q, ck, cv, attn_mask=self.allowed)
+        if t > 1 and pos != 0:
+            raise ValueError("several positions at once only from position 0 (the prefill)")
+        ck[:, :, pos:pos + t] = k
+        cv[:, :, pos:pos + t] = v
+        return F.scaled_dot_product_attention(q, ck[:, :, :pos + t], cv[:, :, :pos + t], is_causal=t > 1)
 
 
 class SelfAttention(nn.Module):
@@ -46,11 +110,11 @@ class SelfAttention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * dim, bias=False)       # rows: q; k; v
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, window: int | None, backend: str, masks: AttentionCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask, layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         qkv = self.in_proj(x).view(b, t, 3, self.heads, -1)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # [B, H, T, Dh] views
-        out = attention(q, k, v, window, backend=backend, masks=masks)
+        out = mask.attend(layer, q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -71,7 +135,7 @@ class CrossAttention(nn.Module):
         return self._split(self.k_proj(cond)), self._split(self.v_proj(cond))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str,
-                masks: AttentionCache, key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+                masks: AttentionCache | None, key_lengths: tuple[int, ...] | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         out = attention(self._split(self.q_proj(x)), kv[0], kv[1], None, backend=backend, masks=masks,
                         key_lengths=key_lengths)
@@ -90,20 +154,34 @@ class Layer(nn.Module):
         self.linear1 = nn.Linear(d, cfg.hidden_scale * d, bias=False)
         self.linear2 = nn.Linear(cfg.hidden_scale * d, d, bias=False)
 
-    def forward(self, x, kv, window, backend, masks, key_lengths=None, null_from=None):
+    def forward(self, x, kv, mask, cross_backend: str, masks=None, key_lengths=None, null_from=None, index=0):
+        """One pre-norm layer. mask: the self-attention's (``Band``, ``Causal``, ``Cached``); cross_backend:
+        the cross-attention's backend (``attention.attention``). null_from: rows from here on have an all-zero
+        condition, whose cross-attention output is exactly 0 and is skipped (None: every row, audiocraft's
+        shapes). Differentiable (no in-place write) when null_from is None."""
         cd = self.linear1.weight.dtype                    # compute dtype; x (the residual) may be wider
-        x = x + self.self_attn(self.norm1(x).to(cd), window, backend, masks).to(x.dtype)
+        x = x + self.self_attn(self.norm1(x).to(cd), mask, index).to(x.dtype)
         if null_from is None:
-            x = x + self.cross_attn(self.norm_cross(x).to(cd), kv, backend, masks, key_lengths).to(x.dtype)
-        else:          # rows >= null_from have an all-zero condition: their cross-attention output is 0
+            x = x + self.cross_attn(self.norm_cross(x).to(cd), kv, cross_backend, masks, key_lengths).to(x.dtype)
+        elif null_from > 0:
             n = null_from
             lengths = key_lengths[:n] if key_lengths is not None else None
-            x[:n] += self.cross_attn(self.norm_cross(x[:n]).to(cd), (kv[0][:n], kv[1][:n]), backend, masks,
+            x[:n] += self.cross_attn(self.norm_cross(x[:n]).to(cd), (kv[0][:n], kv[1][:n]), cross_backend, masks,
                                      lengths).to(x.dtype)
         return x + self.linear2(F.gelu(self.linear1(self.norm2(x).to(cd)))).to(x.dtype)
 
 
 class MagnetLM(nn.Module):
+    """The transformer both families share (MAGNeT's and MusicGen's ``LMModel``: the same layers and release
+    format): summed codebook embeddings + sinusoidal positions, pre-norm layers, out_norm, one head per
+    codebook. ``forward_hidden`` is the one forward; what differs between MAGNeT's decoding step, MusicGen's
+    prefill and static step and the rescorer's teacher-forced pass is only the self-attention mask
+    (``Band``, ``Cached``, ``Causal``), the positions and which heads run."""
+
+    #: cross-attention backend: None follows the self-attention backend (MAGNeT: audiocraft runs it through
+    #: the same xformers op); MusicGen's LM sets 'sdpa' (audiocraft's torch backend).
+    CROSS_BACKEND: str | None = None
+
     def __init__(self, cfg: MagnetConfig):
         super().__init__()
         self.cfg = cfg
@@ -116,6 +194,15 @@ class MagnetLM(nn.Module):
         self._windows = frozenset(self.window(s) for s in range(cfg.n_q))    # the stages' bands, fixed
         self.caches = AttentionCache()        # positions, band masks, block masks: built by setup_caches
 
+    @property
+    def device(self) -> torch.device:
+        return self.emb[0].weight.device
+
+    def weights_token(self) -> int:
+        """A hash of every parameter's address: part of each cached decoder's key, so no buffer or
+        recording outlives replaced weights."""
+        return hash(tuple(t.data_ptr() for t in self.parameters()))
+
     def set_attention(self, backend: str) -> None:
         """The attention backend every forward uses (see attention.py): 'exact', 'sdpa', 'windowed', 'triton'."""
         if backend not in BACKENDS:
@@ -125,10 +212,14 @@ class MagnetLM(nn.Module):
                 raise ParameterError("the triton attention backend needs torch >= 2.6 "
                                      f"(torch.library.triton_op); this is {torch.__version__}")
             from magnet_fast.kernels.banded_attn import SUPPORTED_D
-            if self.emb[0].weight.device.type == "cuda" and self.cfg.head_dim not in SUPPORTED_D:
+            if self.device.type == "cuda" and self.cfg.head_dim not in SUPPORTED_D:
                 raise ParameterError(f"the triton attention kernel supports head dims {SUPPORTED_D}, this "
                                      f"model has {self.cfg.head_dim}; use 'sdpa' or 'windowed'")
         self.attention_backend = backend
+
+    @property
+    def cross_backend(self) -> str:
+        return self.CROSS_BACKEND or self.attention_backend
 
     @property
     def gathers_head(self) -> bool:
@@ -139,8 +230,7 @@ class MagnetLM(nn.Module):
     def setup_caches(self, t: int) -> AttentionCache:
         """Build what every forward of length ``t`` reuses (positions, the stages' band masks) once;
         later calls with the same length are free. Called by ``hidden``; callers may call it ahead."""
-        device = self.emb[0].weight.device
-        self.caches.setup(t, self.cfg.dim, self.cfg.max_period, device, windows=self._windows,
+        self.caches.setup(t, self.cfg.dim, self.cfg.max_period, self.device, windows=self._windows,
                           backend=self.attention_backend)
         return self.caches
 
@@ -158,6 +248,10 @@ class MagnetLM(nn.Module):
         ctx = self.cfg.subcodes_context
         return None if stage == 0 or ctx < 0 else ctx
 
+    def band(self, stage: int, backend: str | None = None) -> Band:
+        """MAGNeT's self-attention mask at ``stage`` with the model's (or the given) backend."""
+        return Band(self.window(stage), backend or self.attention_backend, self.caches)
+
     def project_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """T5 hidden states [B, L, t5_dim] -> condition [B, L, dim], zero where mask is 0."""
         return self.text_proj(hidden.to(self.text_proj.weight)) * mask.unsqueeze(-1).to(self.text_proj.weight)
@@ -170,6 +264,10 @@ class MagnetLM(nn.Module):
     def positions(self, t: int, dtype: torch.dtype, device) -> torch.Tensor:
         """Sinusoidal positions [1, t, dim] (cached by ``setup_caches``)."""
         return self.caches.positions(t, dtype, device, self.cfg.dim, self.cfg.max_period)
+
+    def position_table(self, length: int) -> torch.Tensor:
+        """Positions 0..length-1 [1, length, dim] float32, uncached (a decoder's static table)."""
+        return sin_embedding(length, self.cfg.dim, self.cfg.max_period, torch.float32, self.device)
 
     def embed(self, seq: torch.Tensor, upto: int | None = None, prefix: torch.Tensor | None = None,
               start: int = 0) -> torch.Tensor:
@@ -192,10 +290,33 @@ class MagnetLM(nn.Module):
         x = self.embed(seq, upto=stage)
         return x if out is None else out.copy_(x)
 
+    def forward_hidden(self, seq: torch.Tensor, kv: list, mask, pe: torch.Tensor, *,
+                       key_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
+                       prefix: torch.Tensor | None = None, prefix_upto: int = 0,
+                       last_only: bool = False) -> torch.Tensor:
+        """The one forward: tokens seq [B, n_q, T] -> out_norm'd hidden states [B, T, dim] ([B, 1, dim] with
+        ``last_only``).
+
+        mask: the self-attention (``Band``, ``Cached``, ``Causal``). pe: positions [1, T, dim] (any float
+        dtype; cast to the residual's). kv: per-layer cross-attention (k, v) of these rows. key_lengths: per
+        row, how many condition positions to attend (batch-invariant mode); None attends over every padded
+        position like audiocraft. null_from: see ``Layer.forward``. prefix: the embedding sum of codebooks
+        0..prefix_upto-1 (``stage_prefix``), to skip re-embedding them. Differentiable with null_from None.
+        """
+        x = self.embed(seq, prefix=prefix, start=prefix_upto if prefix is not None else 0)
+        x = x + self.cfg.positional_scale * pe.to(x.dtype)
+        cd, cross = self.compute_dtype, self.cross_backend
+        for i, (layer, (k, v)) in enumerate(zip(self.layers, kv, strict=True)):
+            if k.dtype != cd:
+                k, v = k.to(cd), v.to(cd)
+            x = layer(x, (k, v), mask, cross, self.caches, key_lengths, null_from, i)
+        return self.out_norm(x if not last_only else x[:, -1:])
+
     def hidden(self, seq: torch.Tensor, kv: list, stage: int, backend: str | None = None,
                cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
                prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """seq [B, n_q, T] token ids (mask id = card) -> final hidden states [B, T, dim] (out_norm'd).
+        """MAGNeT at ``stage``: seq [B, n_q, T] token ids (mask id = card) -> hidden states [B, T, dim]
+        (``forward_hidden`` with the stage's band and the cached positions).
 
         cross_lengths: per row, how many condition positions to attend (batch-invariant mode); None
         attends over every padded position like audiocraft.
@@ -204,15 +325,11 @@ class MagnetLM(nn.Module):
         prefix: ``stage_prefix(seq, stage)``, to skip re-embedding the codebooks before the stage.
         backend: None uses the model's (``set_attention``).
         """
-        backend = backend or self.attention_backend
-        self.setup_caches(seq.shape[-1])
-        x = self.embed(seq, prefix=prefix, start=0 if prefix is None else stage)
-        x = x + self.cfg.positional_scale * self.positions(seq.shape[-1], x.dtype, x.device)
-        kv = [(k.to(self.compute_dtype), v.to(self.compute_dtype)) for k, v in kv]
-        window = self.window(stage)
-        for layer, layer_kv in zip(self.layers, kv, strict=True):
-            x = layer(x, layer_kv, window, backend, self.caches, cross_lengths, null_from)
-        return self.out_norm(x)
+        t = seq.shape[-1]
+        self.setup_caches(t)
+        pe = self.positions(t, torch.float32, self.device)
+        return self.forward_hidden(seq, kv, self.band(stage, backend), pe, key_lengths=cross_lengths,
+                                   null_from=null_from, prefix=prefix, prefix_upto=stage)
 
     def forward(self, seq: torch.Tensor, kv: list, stage: int, backend: str | None = None,
                 cross_lengths: tuple[int, ...] | None = None, null_from: int | None = None,
@@ -225,6 +342,11 @@ class MagnetLM(nn.Module):
             x = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return head(x.to(head.weight.dtype))
 
+    def all_heads(self, x: torch.Tensor, codebooks=None) -> torch.Tensor:
+        """Hidden states [B, S, dim] -> logits [B, len(codebooks), S, card] (every codebook by default)."""
+        heads = self.heads if codebooks is None else [self.heads[q] for q in codebooks]
+        return torch.stack([head(x.to(head.weight.dtype)) for head in heads], dim=1)
+
     def guided_logits(self, seq: torch.Tensor, kv: list, stage: int, *,
                       cross_lengths: tuple[int, ...] | None = None, prefix: torch.Tensor | None = None,
                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,109 +358,3 @@ class MagnetLM(nn.Module):
         logits = self(seq, kv, stage, None, cross_lengths, null_from, prefix,
                       None if positions is None else positions.repeat(2, 1))
         return logits[:batch], logits[batch:]
-
-
-def _keeps_fp32(key: str) -> bool:
-    """Embeddings, LayerNorms, the text projection and the output heads stay float32 under bf16/fp16
-    weights (the module docstring's mixed-precision rule)."""
-    return key.startswith(("emb.", "heads.", "text_proj.")) or any(
-        part.startswith(("norm", "out_norm")) for part in key.split("."))
-
-
-# safetensors header dtype -> torch dtype name (messages); the float ones config.json's weights_dtype names
-_ST_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",
-              "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool",
-              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-_WEIGHT_DTYPES = ("float16", "bfloat16", "float32")
-
-
-def _expected_shapes(cfg: MagnetConfig) -> dict[str, tuple[int, ...]]:
-    """Every key (and shape) of ``MagnetLM(cfg).state_dict()``, computed without building the model."""
-    d, c, h = cfg.dim, cfg.card, cfg.hidden_scale * cfg.dim
-    out = {"text_proj.weight": (d, cfg.t5_dim), "text_proj.bias": (d,), "out_norm.weight": (d,),
-           "out_norm.bias": (d,)}
-    for k in range(cfg.n_q):
-        out[f"emb.{k}.weight"], out[f"heads.{k}.weight"] = (c + 1, d), (c, d)
-    for i in range(cfg.num_layers):
-        p = f"layers.{i}"
-        out.update({f"{p}.self_attn.in_proj.weight": (3 * d, d), f"{p}.self_attn.out_proj.weight": (d, d),
-                    f"{p}.linear1.weight": (h, d), f"{p}.linear2.weight": (d, h)})
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            out[f"{p}.cross_attn.{name}.weight"] = (d, d)
-        for norm in ("norm1", "norm_cross", "norm2"):
-            out[f"{p}.{norm}.weight"], out[f"{p}.{norm}.bias"] = (d,), (d,)
-    return out
-
-
-def _check_header(path, cfg: MagnetConfig, header: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """The safetensors header (key -> (shape, dtype)) against config.json, before anything is built or read:
-    layer and codebook counts, every key and shape, and each tensor's stored dtype against weights_dtype."""
-    fix = "re-run `magnet-fast convert`"
-    layers, embs = set(), set()
-    for key in header:
-        parts = key.split(".")
-        if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
-            layers.add(int(parts[1]))
-        elif parts[0] == "emb" and len(parts) == 3 and parts[1].isdigit():
-            embs.add(int(parts[1]))
-    for name, claimed, found, what in (("num_layers", cfg.num_layers, layers, "layers"),
-                                       ("n_q", cfg.n_q, embs, "codebook embeddings")):
-        if len(found) != claimed or (found and (min(found) != 0 or max(found) != claimed - 1)):
-            prefix = "layers" if name == "num_layers" else "emb"
-            absent = [f"{prefix}.{i}" for i in itertools.islice((i for i in range(claimed) if i not in found), 3)]
-            extra = [f"{prefix}.{i}" for i in sorted(found) if i >= claimed][:3]
-            raise CheckpointError(f"{path}: config.json says {name} = {claimed} but the weights hold {len(found)} "
-                                  f"{what} (missing keys {absent}, unknown keys {extra}); the config and weights "
-                                  f"do not belong together: {fix}")
-    expected = _expected_shapes(cfg)
-    missing, unknown = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
-    if missing or unknown:
-        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unknown keys {unknown[:5]} for the "
-                              f"geometry in config.json; {fix}")
-    allowed = _WEIGHT_DTYPES if cfg.weights_dtype == "mixed" else (cfg.weights_dtype,)
-    for k, shape in expected.items():
-        got_shape, st_dtype = header[k]
-        if got_shape != shape:
-            raise CheckpointError(f"{path}: {k} has shape {list(got_shape)}, config.json implies "
-                                  f"{list(shape)}; {fix}")
-        dtype = _ST_DTYPES.get(st_dtype, st_dtype)
-        if dtype not in _WEIGHT_DTYPES:
-            raise CheckpointError(f"{path}: {k} has dtype torch.{dtype}; expected floating point")
-        if dtype not in allowed:       # convert stores every key in one dtype ('mixed' only if the source was)
-            raise CheckpointError(f"{path}: {k} is stored as {dtype} but config.json says weights_dtype "
-                                  f"{cfg.weights_dtype!r}; the file was altered or relabelled: {fix}")
-
-
-def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype, model_cls=None) -> MagnetLM:
-    """Check the safetensors header against the config (counts, keys, shapes, stored dtypes: nothing built or
-    read yet), then build the LM on the meta device and assign the weights, cast by the mixed-precision rule
-    (CheckpointError says to re-convert). model_cls: MagnetLM (default) or a subclass with the same weights
-    (MusicGen's ``ar.MusicGenLM``)."""
-    from pathlib import Path
-
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    path = Path(folder) / WEIGHTS_NAME
-    try:
-        with safe_open(str(path), framework="pt") as f:        # reads only the header
-            header = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                header[k] = (tuple(sl.get_shape()), sl.get_dtype())
-        _check_header(path, cfg, header)
-        state = load_file(str(path))
-    except PermissionError:
-        raise CheckpointError(f"{path} is not readable (permission denied); fix its permissions") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found; re-run `magnet-fast convert`") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
-                              "re-run `magnet-fast convert`") from None
-    with torch.device("meta"):
-        lm = (model_cls or MagnetLM)(cfg)
-    if {k: tuple(v.shape) for k, v in lm.state_dict().items()} != _expected_shapes(cfg):   # belt and braces
-        raise CheckpointError(f"{path}: internal error: the model's keys differ from the expected geometry")
-    lm.load_state_dict({k: v.to(device=device, dtype=torch.float32 if _keeps_fp32(k) else dtype)
-                        for k, v in state.items()}, assign=True)
-    lm.caches = AttentionCache()          # built on the meta device above: start empty on the real one
-    return lm.eval().requires_grad_(False)

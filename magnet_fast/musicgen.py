@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from magnet_fast.ar import ARDecoder, MusicGenLM, decode_ar, first_step
-from magnet_fast.batching import decode_in_chunks
+from magnet_fast.ar import ARDecoder, MusicGenLM, decode_ar
 from magnet_fast.conditioning import encode_condition_apart
 from magnet_fast.engine import Engine
 from magnet_fast.errors import ParameterError
-from magnet_fast.inputs import (
-    check_descriptions,
-    check_flag,
-    check_generator,
-    check_max_batch,
-    check_prompt,
-)
+from magnet_fast.inputs import check_descriptions
 from magnet_fast.params import ARParams, resolve_ar_params
+from magnet_fast.pattern import first_step
+from magnet_fast.request import Progress, Request
 
 MUSICGEN_BACKENDS = ("exact", "sdpa")
 DEFAULT_STRIDE_S = 18.0        # audiocraft's MusicGen extend_stride (30 s window: 12 s of context, 18 s new)
@@ -102,101 +97,58 @@ class MusicGenFast(Engine):
         windows: each further window continues the last ``window - extend_stride`` seconds (default stride
         18 s, audiocraft's), and the output is cut to round(duration * frame_rate) frames (longform.py).
         """
-        descriptions = check_descriptions(descriptions)
+        return self.run(self.request(
+            descriptions, seed=seed, prompt=prompt, duration=duration, use_sampling=use_sampling,
+            temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef, two_step_cfg=two_step_cfg,
+            progress=progress, generator=generator, max_batch=max_batch, batch_invariant=batch_invariant,
+            extend_stride=extend_stride, callback=callback))
+
+    def request(self, descriptions, *, seed=None, prompt=None, duration=None, progress: bool = False,
+                generator=None, max_batch=None, batch_invariant: bool = False, extend_stride=None,
+                callback=None, **sampling) -> Request:
+        """``generate_tokens``' keywords -> a validated ``Request`` (every check before any work);
+        ``sampling``: the ``ARParams`` overrides (use_sampling, temperature, top_k, top_p, cfg_coef,
+        two_step_cfg)."""
+        check_descriptions(descriptions)
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
-        long = self._long_form(duration, extend_stride)
-        params = self.params(duration=self.max_duration if long else duration, use_sampling=use_sampling,
-                             temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef,
-                             two_step_cfg=two_step_cfg)
+        long = long_form_plan(self.config, duration, extend_stride)
+        params = self.params(duration=self.max_duration if long else duration, **sampling)
         frames = int(params.duration * self.frame_rate)
         if frames < 1:
             raise ParameterError(f"duration {params.duration} s is less than one frame at {self.frame_rate} Hz")
-        prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
-        check_generator(generator, self.device)
-        max_batch = check_max_batch(max_batch)
-        batch_invariant = check_flag(batch_invariant, "batch_invariant")
-        fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
-        if batch_invariant:                       # one row at a time: nothing depends on batch mates
-            max_batch = 1
-        gens = []
+        return self._request(descriptions, params, frames, prompt=prompt, seed=seed, generator=generator,
+                             batch_invariant=batch_invariant, max_batch=max_batch, progress=progress,
+                             callback=callback, long=long)
 
-        def chunk(part: slice):
-            if not gens:
-                gens.append(fresh() if fresh is not None else generator)
-            gen = gens[0][part] if isinstance(gens[0], list) else gens[0]
-            return self._decode(descriptions[part], params, frames, None if prompt is None else prompt[part],
-                                gen, progress, long, callback)
+    # ----------------------------------------------------------------------------------- window hooks
+    def _chunk_size(self, req: Request) -> int | None:
+        return 1 if req.batch_invariant else req.max_batch     # one row at a time: nothing depends on batch mates
 
-        return torch.cat(decode_in_chunks(chunk, len(descriptions), max_batch, device=self.device,
-                                          invariant=bool(batch_invariant),
-                                          on_retry=self._retry(fresh, generator, gens)))
-
-    def _long_form(self, duration, extend_stride):
-        return long_form_plan(self.config, duration, extend_stride)
-
-    def _decode(self, descriptions, params: ARParams, frames: int, prompt, generator, progress: bool,
-                long=None, user_callback=None):
-        exact = self.lm.attention_backend == "exact"
-        cond, _ = self.conditioning(descriptions)
+    def _prepare(self, req: Request, texts: list):
+        cond, _ = self.conditioning(texts)
         kv_split = None
         with torch.inference_mode():
             kv = self.lm.cross_kv(cond)
-            if params.two_step_cfg:
-                c, n = encode_condition_apart(self.text, self.lm, descriptions)
+            if req.params.two_step_cfg:
+                c, n = encode_condition_apart(self.text, self.lm, texts)
                 kv_split = (self.lm.cross_kv(c), self.lm.cross_kv(n))
+        return kv, kv_split
+
+    def _decode_window(self, req: Request, ctx, texts: list, prompt, generator, progress: Progress):
+        kv, kv_split = ctx
         if isinstance(generator, list) and len(generator) == 1:
             generator = generator[0]
+        exact = self.lm.attention_backend == "exact"
         static = self.device.type == "cuda" and not exact
-        bar = callback = None
-        steps = [0]
-
-        def window(prompt):
-            n_prompt = 0 if prompt is None else prompt.shape[-1]
-            steps[0] += frames + self.config.max_delay + 1 - first_step(n_prompt, self.config.delays)
-            if bar is not None:
-                bar.total = steps[0]
-            graphs = None
-            if static and self.cuda_graphs:
-                key = ARDecoder.make_key(self.lm, len(descriptions), frames, kv[0][0].shape[-2], params,
-                                         n_prompt, True, None)
-                graphs = self.decoders.mode_for(key, self.cuda_graphs, "cuda")
-            cache = self.decoders if graphs is not None else None
-            out = decode_ar(self.lm, kv, len(descriptions), frames, params, prompt=prompt, generator=generator,
-                            callback=callback, static=static, null_skip=not exact, graphs=graphs, cache=cache,
-                            kv_split=kv_split, two_step_coef=self.config.lm_cfg_coef)
-            self.decoders.evict()
-            return out
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=1, desc="decoding", unit="step")
-        if progress or user_callback is not None:
-
-            def callback(done, total):
-                if bar is not None:
-                    bar.update(1)
-                if user_callback is not None:
-                    user_callback(done, total)
-        try:
-            with self.decoders.lock:
-                if long is None:
-                    return window(prompt)
-                from magnet_fast.longform import generate_windows
-                total, stride = long
-                return generate_windows(window, prompt, total, frames, stride)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def generate(self, descriptions, *, prompt_audio=None, prompt_sample_rate: int | None = None,
-                 **kwargs) -> torch.Tensor:
-        """Text (and optional audio prompt to continue) -> audio [B, channels, samples] at sample_rate.
-        Takes every keyword of ``generate_tokens``; the output starts with the prompt, as in audiocraft."""
-        if prompt_audio is not None:
-            if kwargs.get("prompt") is not None:
-                raise ParameterError("pass either prompt (tokens) or prompt_audio, not both")
-            check_descriptions(descriptions)
-            kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
-        else:
-            self.load_codec()
-        return self.decode(self.generate_tokens(descriptions, **kwargs))
+        n_prompt = 0 if prompt is None else prompt.shape[-1]
+        progress.expect(req.frames + self.config.max_delay + 1 - first_step(n_prompt, self.config.delays))
+        graphs = None
+        if static and self.cuda_graphs:
+            key = ARDecoder.make_key(self.lm, len(texts), req.frames, kv[0][0].shape[-2], req.params, n_prompt,
+                                     True, None)
+            graphs = self.decoders.mode_for(key, self.cuda_graphs, "cuda")
+        cache = self.decoders if graphs is not None else None
+        return decode_ar(self.lm, kv, len(texts), req.frames, req.params, prompt=prompt, generator=generator,
+                         callback=progress.step, static=static, null_skip=not exact, graphs=graphs, cache=cache,
+                         kv_split=kv_split, two_step_coef=self.config.lm_cfg_coef)

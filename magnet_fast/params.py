@@ -37,7 +37,6 @@ class SamplingParams:
     anneal_temp: bool = True
 
 
-GenerationParams = SamplingParams          # the older name, kept for callers that use it
 NAMES = tuple(f.name for f in fields(SamplingParams))
 
 

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import save_file
 
 from magnet_fast._io import atomic_dir, load_pickle_safely
-from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
+from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
 from magnet_fast.convert.codec import convert_codec
 from magnet_fast.convert.xpcfg import XpConfig, load_xp_yaml
 from magnet_fast.convert.zipcheck import check_zip_sizes
 from magnet_fast.errors import CheckpointError, ConfigError
-from magnet_fast.params import MUSICGEN_DEFAULT_DURATION, ARParams
+from magnet_fast.params import MUSICGEN_DEFAULT_DURATION, ARParams, SamplingParams
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -142,7 +142,7 @@ def _config_from_xp(xp_yaml: str, best_state: dict, where: str) -> MagnetConfig:
         max_period=float(lm("max_period", 10000)), positional_scale=float(lm("positional_scale", 1.0)),
         t5_name=t5_name, t5_dim=int(proj.shape[1]),
         sample_rate=int(xp.get("sample_rate", 32000)) if isinstance(xp.get("sample_rate"), int) else 32000,
-        generation=GenerationDefaults(decoding_steps=(20, 10, 10, 10)[:n_q] + (10,) * max(0, n_q - 4)))
+        generation=SamplingParams(decoding_steps=(20, 10, 10, 10)[:n_q] + (10,) * max(0, n_q - 4)))
     cfg.validate(where)
     return cfg
 

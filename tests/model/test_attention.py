@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magnet_fast.attention import BandCache, attention, windowed_attention
+from magnet_fast.attention import AttentionCache, attention, windowed_attention
 from magnet_fast.kernels.banded_attn.naive import banded_attention
 
 
@@ -38,7 +38,7 @@ def test_windowed_low_precision_inputs():
 @pytest.mark.parametrize("window", [None, 5])
 def test_backends_agree_with_exact(backend, window):
     q, k, v = _qkv(2, 4, 500, 64, torch.float32, 7)
-    masks = BandCache()
+    masks = AttentionCache()
     want = attention(q, k, v, window, backend="exact", masks=masks)
     torch.testing.assert_close(attention(q, k, v, window, backend=backend, masks=masks), want,
                                rtol=1e-5, atol=1e-5)

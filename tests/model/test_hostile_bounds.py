@@ -147,7 +147,7 @@ LOAD_SNIPPET = """
 import torch
 from magnet_fast.config import MagnetConfig
 from magnet_fast.errors import CheckpointError
-from magnet_fast.model import load_lm
+from magnet_fast.loading import load_lm
 try:
     load_lm({folder!r}, MagnetConfig.load({folder!r}), torch.device("cpu"), torch.float32)
     print("LOADED")
@@ -165,7 +165,7 @@ def test_config_json_with_100000_layers_is_refused_before_building(tmp_path):
 
 def test_load_lm_checks_the_header_before_building(tmp_path, monkeypatch):
     """A layer count within the config bound but not the file's: refused from the header, nothing built."""
-    import magnet_fast.model as model_mod
+    import magnet_fast.loading as model_mod
 
     def no_build(*a, **k):
         raise AssertionError("MagnetLM built before the header check")
@@ -285,7 +285,7 @@ def _relabel(path: Path, old: str, new: str) -> None:
 def test_relabelled_dtype_is_refused(tmp_path):
     folder = _demo_copy(tmp_path)
     _relabel(folder / "model.safetensors", "F16", "BF16")               # same size: the file stays readable
-    from magnet_fast.model import load_lm
+    from magnet_fast.loading import load_lm
     with pytest.raises(CheckpointError, match="stored as bfloat16 but config.json says weights_dtype 'float16'"):
         load_lm(folder, MagnetConfig.load(folder), torch.device("cpu"), torch.float32)
 
@@ -293,7 +293,7 @@ def test_relabelled_dtype_is_refused(tmp_path):
 def test_weights_dtype_matches_what_convert_writes(tmp_path):
     """convert stores every key in one dtype and says which; the loader accepts exactly that."""
     import magnet_fast as mf
-    from magnet_fast.model import load_lm
+    from magnet_fast.loading import load_lm
     for dtype in (None, "bfloat16", "float32"):
         out = mf.convert(FIXTURE.parent, tmp_path / f"m-{dtype}", dtype=dtype)
         cfg = MagnetConfig.load(out)

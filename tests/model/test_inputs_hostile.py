@@ -93,15 +93,15 @@ def test_convert_overwrite_only_replaces_a_converted_folder(ref10, tmp_path):
 # ---------------------------------------------------------------- CPU out of memory
 def _cpu_oom_above(model, monkeypatch, limit, message=CPU_OOM):
     """Make the model's decode fail like CPU allocation does (a plain RuntimeError) above ``limit`` rows."""
-    real = type(model)._decode
+    real = type(model)._decode_window
     sizes = []
 
-    def decode(self, descriptions, *args, **kwargs):
-        sizes.append(len(descriptions))
-        if len(descriptions) > limit:
+    def decode(self, req, ctx, texts, *args, **kwargs):
+        sizes.append(len(texts))
+        if len(texts) > limit:
             raise RuntimeError(message)
-        return real(self, descriptions, *args, **kwargs)
-    monkeypatch.setattr(type(model), "_decode", decode)
+        return real(self, req, ctx, texts, *args, **kwargs)
+    monkeypatch.setattr(type(model), "_decode_window", decode)
     return sizes
 
 

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 import magnet_fast as mf
 from magnet_fast.errors import CheckpointError
-from magnet_fast.generate import Decoder, output_frames, resolve_params
+from magnet_fast.generate import Decoder
 from magnet_fast.kernels.sample import naive as S
+from magnet_fast.params import output_frames, resolve_params
 from tests.sample_refs import select_stride1_loop
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

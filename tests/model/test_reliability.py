@@ -167,16 +167,16 @@ def test_bad_device_and_prompt_rate(ref10, tmp_path):
 
 def _oom_above(model, monkeypatch, limit):
     """Make the model's decode run out of memory for batches larger than ``limit`` (as torch would)."""
-    from magnet_fast.api import OUT_OF_MEMORY
-    real = type(model)._decode
+    from magnet_fast.batching import OUT_OF_MEMORY
+    real = type(model)._decode_window
     sizes = []
 
-    def decode(self, descriptions, *args, **kwargs):
-        sizes.append(len(descriptions))
-        if len(descriptions) > limit:
+    def decode(self, req, ctx, texts, *args, **kwargs):
+        sizes.append(len(texts))
+        if len(texts) > limit:
             raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return real(self, descriptions, *args, **kwargs)
-    monkeypatch.setattr(type(model), "_decode", decode)
+        return real(self, req, ctx, texts, *args, **kwargs)
+    monkeypatch.setattr(type(model), "_decode_window", decode)
     return sizes
 
 

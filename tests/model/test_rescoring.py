@@ -28,7 +28,9 @@ from magnet_fast.errors import ConfigError, ParameterError
 from magnet_fast.generate import Decoder, DecodeState, decode, decode_step
 from magnet_fast.kernels.sample import naive as S
 from magnet_fast.params import resolve_params
-from magnet_fast.rescoring import Rescorer, Rescoring, pattern_sequence, teacher_forced_logits
+from magnet_fast.pattern import pattern_sequence
+from magnet_fast.pairing import Rescoring
+from magnet_fast.rescoring import Rescorer, RescoreRequest, teacher_forced_logits
 from magnet_fast.sampling import make_sampler
 from magnet_fast.schedule import Step, stage_steps
 from magnet_fast.scoring import make_scorer
@@ -98,8 +100,9 @@ def test_rescorer_token_probabilities_equal_audiocraft(musicgen, mg_ref, tempera
     including the last three frames of codebook 3."""
     codes, logits = mg_ref["tf/random/codes"], mg_ref["tf/random/logits"]
     kv = _rescorer_kv(musicgen, TEXTS)
-    key = Rescoring(_FakeMagnet(musicgen), musicgen, 1.0, temperature, (1, 1, 1, 1)).key(kv, None)
-    rescorer = Rescorer(musicgen.lm, 2, 50, key, graphs=False)
+    rescoring = Rescoring(_FakeMagnet(musicgen), musicgen, 1.0, temperature, (1, 1, 1, 1))
+    request = RescoreRequest(musicgen.lm, rescoring.weights, rescoring.temperature, kv, None)
+    rescorer = Rescorer(request, 2, 50, graphs=False)
     rescorer.load(kv)
     seq = torch.cat([codes, torch.full_like(codes, 512)])           # MAGNeT's CFG batch: null half unused
     with torch.inference_mode():
@@ -201,10 +204,10 @@ def _decoder(model, musicgen, texts, params, weight, temperature, batch_invarian
     cond, lengths = model.conditioning(texts, batch_invariant)
     with torch.inference_mode():
         kv = model.lm.cross_kv(cond)
-    rkv, rlen = rescoring.condition(texts, batch_invariant)
+    request = rescoring.prepare(texts, batch_invariant)
     dec = Decoder(model.lm, len(texts), model.frames, params, cross_lengths=lengths, n_prompt=n_prompt,
-                  rescore=(musicgen.lm, rescoring.key(rkv, rlen)))
-    return dec, kv, rkv
+                  rescore=request)
+    return dec, kv, request.kv
 
 
 @pytest.mark.parametrize("arrangement, scoring, backend, n_prompt", [
@@ -375,7 +378,8 @@ def test_decoder_key_separates_rescorer_settings(model10, musicgen):
     rkv = _rescorer_kv(musicgen, ["calm piano"])
     keys = set()
     for weight, temperature in ((0.5, 1.0), (0.7, 1.0), ([0.5, 0.7, 0.5, 0.5, 0.5], 1.0), (0.5, 0.9)):
-        rkey = Rescoring(model10, musicgen, weight, temperature, params.decoding_steps).key(rkv, None)
+        rescoring = Rescoring(model10, musicgen, weight, temperature, params.decoding_steps)
+        rkey = RescoreRequest(musicgen.lm, rescoring.weights, rescoring.temperature, rkv, None).spec
         keys.add(Decoder.make_key(model10.lm, 1, 500, 3, params, 0, None, "torch", None, rkey))
     keys.add(Decoder.make_key(model10.lm, 1, 500, 3, params, 0, None, "torch", None))
     assert len(keys) == 5
@@ -394,10 +398,8 @@ def test_fx_replay_with_rescorer_matches_eager(model10, musicgen):
         for graphs, c in (("fx", cache), (None, None)):
             with torch.inference_mode():
                 kv = model10.lm.cross_kv(model10.condition(texts))
-            rkv, rlen = rescoring.condition(texts, False)
             outs.append(decode(model10.lm, kv, 2, 500, params, generator=torch.Generator().manual_seed(seed),
-                               graphs=graphs, cache=c,
-                               rescore=(musicgen.lm, rescoring.key(rkv, rlen), rkv)))
+                               graphs=graphs, cache=c, rescore=rescoring.prepare(texts, False)))
         assert torch.equal(outs[0], outs[1]), f"call {n}"
     (decoder,) = cache.values()
     assert len(decoder.recorded) == sum(params.decoding_steps)
@@ -424,8 +426,9 @@ def test_decode_step_with_rescorer_compiles_without_graph_breaks(model10, musicg
              make_scorer("max", arrangement))
     texts = ["calm piano", None]
     rkv = _rescorer_kv(musicgen, texts)
-    key = Rescoring(model10, musicgen, 0.6, 1.0, (2, 2, 2, 2)).key(rkv, None)      # step 0: not a stage's last
-    rescorer = Rescorer(musicgen.lm, 2, t, key, graphs=False)
+    rescoring = Rescoring(model10, musicgen, 0.6, 1.0, (2, 2, 2, 2))                # step 0: not a stage's last
+    rescorer = Rescorer(RescoreRequest(musicgen.lm, rescoring.weights, rescoring.temperature, rkv, None), 2, t,
+                        graphs=False)
     rescorer.load(rkv)
     with torch.no_grad():
         kv = lm.cross_kv(model10.condition(texts))

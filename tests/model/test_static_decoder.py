@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from magnet_fast.errors import ParameterError
-from magnet_fast.generate import Decoder, decode, resolve_params
+from magnet_fast.generate import Decoder, decode
+from magnet_fast.params import resolve_params
 
 SHORT = (2, 2, 1, 1)
 
