@@ -67,7 +67,7 @@ def attn_case(dims: dict, dtype, device, providers) -> tuple[dict, Callable, dic
            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias_mask)}
     unavailable = {}
     if window is not None:                  # the runtime's 'windowed' backend (dense query blocks)
-        from magnet_fast.attention import windowed_attention
+        from magnet_fast.nn.attention import windowed_attention
         fns["windowed"] = lambda: windowed_attention(q, k, v, window)
     else:
         unavailable["windowed"] = "the windowed backend is banded only"

@@ -79,7 +79,7 @@ def fmt(x, spec: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from magnet_fast._io import atomic_write_bytes
+    from magnet_fast.io.files import atomic_write_bytes
     atomic_write_bytes(path, text.encode())
 
 

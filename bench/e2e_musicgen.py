@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     gates, errs = {}, {}
     if not cuda and "exact" in models:
         gates["exact"] = torch.equal(run_ac(TEXTS[:2], 7), providers["exact"](TEXTS[:2], 7))
-    from magnet_fast.ar import KVCache
+    from magnet_fast.decoding.ar import KVCache
     seq = torch.randint(0, 2049, (4, 4, 64), generator=torch.Generator().manual_seed(0)).to(args.device)
 
     def teacher_forced(model, static: bool):

@@ -33,7 +33,7 @@
 # $GPU_CHECK_TAR (a temp file, then mv) after every stage, so a call killed at its limit still returns
 # what finished; the benchmark scripts also write their results after every case.
 #
-# Dry run on CPU (CI runs it through tests/test_gpu_check_dry.py): the same stages and plumbing at toy
+# Dry run on CPU (CI runs it through tests/bench/test_gpu_check_dry.py): the same stages and plumbing at toy
 # sizes: the wheels installed from .whl/ into a target dir for CPython 3.12, the kernels under the Triton
 # interpreter, runtime and e2e at a toy geometry, packing, results JSON, plots, README tables:
 #   GPU_CHECK_DRY=1 bash bench/gpu_check.sh OUTDIR quick
@@ -84,9 +84,9 @@ if [ -d .whl ]; then
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
 fi
-if ! "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.api" 2> /dev/null; then
+if ! "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.engines.magnet" 2> /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
-    "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.api" >> "$OUT/install.log" 2>&1 \
+    "$PY" -c "import magnet_fast.kernels.banded_attn, magnet_fast.engines.magnet" >> "$OUT/install.log" 2>&1 \
         || { tail -20 "$OUT/install.log"; fail "magnet_fast does not import after installing (see install.log)"; }
 fi
 { nvidia-smi 2>/dev/null || echo "no nvidia-smi (dry run: $DRY)"
@@ -109,7 +109,7 @@ run_stage() {   # name, limit_s, command...: time-limited, logged, packed
     echo "$name: $((SECONDS - t0)) s"; tail -2 "$OUT/$name.log"
     pack
 }
-GPU_TESTS="tests/test_kernel_banded_attn.py tests/test_kernel_sample.py tests/model/test_gpu_runtime.py tests/model/test_musicgen.py"
+GPU_TESTS="tests/kernels/test_banded_attn.py tests/kernels/test_sample.py tests/engines/test_gpu_runtime.py tests/engines/test_musicgen.py"
 if [ "$DRY" = 1 ]; then   # collection of the GPU files (all skip) + the D=16 and fused-sampler interpreter tests
     has tests && run_stage pytest-gpu 300 "$PY" -m pytest $GPU_TESTS -p no:cacheprovider -q -rA \
         -k "gpu or D16 or single_inf" --junitxml "$OUT/pytest-gpu.xml"

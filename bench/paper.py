@@ -41,7 +41,7 @@ TEXTS = ["energetic edm with drums and bass", "calm piano", "funky disco groove"
 def build(folder: Path, kind: str, dim: int, heads: int, layers: int, duration: float, seed: int) -> None:
     """A random-weight model in the converted format (fp16 weights, like convert's default)."""
     from magnet_fast.config import MagnetConfig
-    from magnet_fast.model import MagnetLM
+    from magnet_fast.nn.model import MagnetLM
     from magnet_fast.params import ARParams
     geo = dict(dim=dim, num_heads=heads, num_layers=layers, card=2048, t5_name="t5-base", t5_dim=768)
     if kind == "magnet":
@@ -61,7 +61,7 @@ def build(folder: Path, kind: str, dim: int, heads: int, layers: int, duration: 
 
 def gates(magnet, musicgen, texts) -> dict:
     """Cheap correctness checks before any timing (short schedules)."""
-    from magnet_fast.hybrid import duration_for
+    from magnet_fast.engines.hybrid import duration_for
     short = dict(decoding_steps=[2, 1, 1, 1])
     plain = magnet.generate_tokens(texts, seed=1, **short)
     w0 = magnet.generate_tokens(texts, seed=1, rescorer=musicgen, rescore_weight=0.0, **short)
@@ -80,8 +80,8 @@ def rescorer_step_seconds(magnet, musicgen, texts, steps, weight, repeats: int) 
     on the state of a real decode (the stage-1 first step)."""
     from common import sync
 
-    from magnet_fast.generate import Decoder
-    from magnet_fast.pairing import Rescoring
+    from magnet_fast.decoding.magnet import Decoder
+    from magnet_fast.engines.pairing import Rescoring
     params = magnet.params(decoding_steps=steps)
     rescoring = Rescoring(magnet, musicgen, weight, 1.0, params.decoding_steps)
     cond, lengths = magnet.conditioning(texts)

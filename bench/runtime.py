@@ -32,7 +32,7 @@ T5 = ROOT / "tests" / "fixtures" / "ac_ref" / "t5_tiny"          # width 768, li
 
 def build(folder: Path, geometry: str, duration: int) -> None:
     from magnet_fast.config import MagnetConfig
-    from magnet_fast.model import MagnetLM
+    from magnet_fast.nn.model import MagnetLM
     dim, heads, layers = GEOMETRIES[geometry]
     cfg = MagnetConfig(dim=dim, num_heads=heads, num_layers=layers, card=2048, t5_name="t5-base", t5_dim=768,
                        segment_duration=float(duration))
@@ -50,7 +50,7 @@ def codec_32khz(device: str):
     """transformers EncodecModel at the released 32 kHz size (56.9 M params), random weights."""
     from transformers import EncodecConfig, EncodecModel
 
-    from magnet_fast.codec import Codec
+    from magnet_fast.io.codec import Codec
     cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, upsampling_ratios=[8, 5, 4, 4], num_filters=64,
                         hidden_size=128, codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2],
                         num_lstm_layers=2, use_causal_conv=False, normalize=False, pad_mode="constant",

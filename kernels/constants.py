@@ -16,4 +16,7 @@ def mask_id(card: int) -> int:
     return card
 
 
-__all__ = ["DONT_REMASK", "TEMPERATURE_FLOOR", "mask_id"]
+SUPPORTED_D = (16, 32, 48, 64, 80, 96, 128)
+"""Head dims the banded-attention Triton kernel is built and tested for."""
+
+__all__ = ["DONT_REMASK", "SUPPORTED_D", "TEMPERATURE_FLOOR", "mask_id"]

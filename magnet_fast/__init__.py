@@ -1,7 +1,7 @@
 """magnet_fast: a fast, faithful inference engine for MAGNeT (and MusicGen on the same transformer)."""
-from magnet_fast.api import MagnetFast
-from magnet_fast.config import MagnetConfig
-from magnet_fast.convert import convert
+from magnet_fast.config import VERSION, MagnetConfig
+from magnet_fast.engines.magnet import MagnetFast
+from magnet_fast.engines.musicgen import MusicGenFast
 from magnet_fast.errors import (
     BatchSplitWarning,
     CheckpointError,
@@ -11,10 +11,10 @@ from magnet_fast.errors import (
     ParameterError,
     ResourceError,
 )
-from magnet_fast.musicgen import MusicGenFast
+from magnet_fast.io.convert import convert
 from magnet_fast.params import SamplingParams, resolve_params
 
-__version__ = "0.1.0"
+__version__ = VERSION
 __all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "SamplingParams",
            "resolve_params", "convert", "MagnetFastError",
            "CheckpointError", "ConfigError", "ParameterError", "ResourceError", "NumericsError",

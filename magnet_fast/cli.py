@@ -177,7 +177,7 @@ def check_paired_models(args, cfg) -> None:
 
 def _paired(args, device, dtype) -> dict:
     """--hybrid / --rescore -> the generate_tokens keywords (the MusicGen engines loaded)."""
-    from magnet_fast import MusicGenFast
+    from magnet_fast.engines.musicgen import MusicGenFast
     out = {}
     loaded = {}
 
@@ -201,17 +201,18 @@ def _paired(args, device, dtype) -> dict:
 
 
 def cmd_generate(args) -> int:
-    from magnet_fast import MagnetFast, MusicGenFast
-    from magnet_fast.audio import audio_info, check_writable, output_paths, write_wav
     from magnet_fast.config import MagnetConfig
-    from magnet_fast.inputs import check_max_batch
+    from magnet_fast.engines.inputs import check_max_batch
+    from magnet_fast.engines.magnet import MagnetFast
+    from magnet_fast.engines.musicgen import MusicGenFast
+    from magnet_fast.io.audio import audio_info, check_writable, output_paths, write_wav
     from magnet_fast.params import check_seed, resolve_ar_params, resolve_params
     prompts = read_prompts(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
     cfg = MagnetConfig.load(model_dir)
     params = generation_overrides(args, cfg.kind)
     if cfg.kind == "musicgen":                                 # every value checked before loading
-        from magnet_fast.musicgen import long_form_plan
+        from magnet_fast.engines.musicgen import long_form_plan
         long = long_form_plan(cfg, params["duration"], params["extend_stride"])
         sampling = {k: v for k, v in params.items() if k != "extend_stride"}
         if long is not None:
@@ -219,7 +220,7 @@ def cmd_generate(args) -> int:
         length = resolve_ar_params(cfg.generation, cfg.card, max_duration=cfg.segment_duration,
                                    **sampling).duration
     else:
-        from magnet_fast.longform import long_form
+        from magnet_fast.engines.longform import long_form
         from magnet_fast.params import output_frames
         sampling = {k: v for k, v in params.items() if k not in ("duration", "extend_stride")}
         p = resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **sampling)
@@ -253,7 +254,7 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     prompt = None
     if args.prompt_audio:
-        from magnet_fast.inputs import prompt_audio_tensor
+        from magnet_fast.engines.inputs import prompt_audio_tensor
         wav, rate = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
         prompt = model.encode(wav, rate)
     elif not args.tokens_only:
@@ -284,7 +285,7 @@ def cmd_generate(args) -> int:
     if args.tokens_only:
         from safetensors.torch import save as save_bytes
 
-        from magnet_fast._io import atomic_write_bytes
+        from magnet_fast.io.files import atomic_write_bytes
         tokens = torch.cat(kept).contiguous()
         atomic_write_bytes(paths[0], save_bytes({"tokens": tokens}), make_parents=True)
         print(f"wrote {paths[0]}: tokens {list(tokens.shape)} in {wall:.2f} s on {model.device}")
@@ -296,8 +297,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from magnet_fast._io import check_output_dir
-    from magnet_fast.convert import convert
+    from magnet_fast.io.convert import convert
+    from magnet_fast.io.files import check_output_dir
     check_output_dir(Path(args.out), args.force)     # before reading a multi-GB checkpoint (convert re-checks)
     t0 = time.perf_counter()
     out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.force)
@@ -328,7 +329,7 @@ def cmd_info(args) -> int:
                 n *= d
             params += n
             dtypes.add(sl.get_dtype())
-    from magnet_fast.loading import check_header
+    from magnet_fast.nn.loading import check_header
     check_header(folder / WEIGHTS_NAME, cfg, header)         # the same checks as loading it for generate
     info = {"model": str(folder), "parameters": params, "dtypes": sorted(dtypes), **cfg.to_dict()}
     if args.json:
@@ -411,7 +412,7 @@ def model_spec(args):
               "allow_download": args.allow_download, "attention": "exact" if args.exact else None}
     if cfg.kind == "musicgen":
         resolve_ar_params(cfg.generation, cfg.card, **defaults)
-        return ModelSpec(str(folder.resolve()), kwargs, loader="magnet_fast.musicgen:MusicGenFast")
+        return ModelSpec(str(folder.resolve()), kwargs, loader="magnet_fast.engines.musicgen:MusicGenFast")
     resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **defaults)
     return ModelSpec(str(folder.resolve()), kwargs)
 

@@ -23,7 +23,7 @@ What is here (audiocraft's names, signatures and defaults):
   ``loudness`` (ITU-R BS.1770-4, pure torch) and ``display_audio`` (players in a notebook, nothing elsewhere).
 * ``MultiBandDiffusion``: importable, so the demos' import line works; using it is a ConfigError.
 
-Names resolve through ``magnet_fast.hub.resolve_model``: a hub name from the local Hugging Face cache (where
+Names resolve through ``magnet_fast.io.hub.resolve_model``: a hub name from the local Hugging Face cache (where
 audiocraft's own download puts the files), an audiocraft export folder or a ``magnet-fast convert`` folder;
 conversions are cached (``MAGNET_FAST_CACHE``). Nothing is downloaded unless ``allow_download=True``.
 
@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.api import MagnetFast
-from magnet_fast.audio_out import audio_write, display_audio, loudness, normalize_audio  # noqa: F401  (audiocraft's names)
+from magnet_fast.engines.magnet import MagnetFast
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
-from magnet_fast.hub import resolve_model
+from magnet_fast.io.audio_out import audio_write, display_audio, loudness, normalize_audio  # noqa: F401  (audiocraft's names)
+from magnet_fast.io.hub import resolve_model
 
 __all__ = ["MAGNeT", "MusicGen", "MultiBandDiffusion", "audio_write", "display_audio", "normalize_audio",
            "loudness", "CPU_ATTENTION"]
@@ -221,7 +221,7 @@ def _print_progress(generated: int, to_generate: int) -> None:
 
 
 def _device(device):
-    from magnet_fast.inputs import check_device
+    from magnet_fast.engines.inputs import check_device
     if device is None:
         device = "cuda" if torch.cuda.device_count() else "cpu"
     return check_device(device)
@@ -310,7 +310,7 @@ class _GenModel:
     def generate(self, descriptions, progress: bool = False, return_tokens: bool = False):
         """Samples conditioned on ``descriptions`` (None rows are unconditional): audio [B, C, T] (and tokens
         [B, K, T'] with return_tokens)."""
-        from magnet_fast.inputs import check_descriptions
+        from magnet_fast.engines.inputs import check_descriptions
         descriptions = check_descriptions(descriptions)
         self.engine.load_codec()                     # fail before decoding if the codec cannot load
         return self._finish(self._generate_tokens(descriptions, None, progress), return_tokens)
@@ -319,7 +319,7 @@ class _GenModel:
                               progress: bool = False, return_tokens: bool = False):
         """Continue ``prompt`` ([B, C, T] or [C, T] at ``prompt_sample_rate``), optionally text-conditioned.
         The output starts with the (re-encoded) prompt, as in audiocraft."""
-        from magnet_fast.inputs import check_descriptions
+        from magnet_fast.engines.inputs import check_descriptions
         if not isinstance(prompt, torch.Tensor):
             raise ParameterError("prompt must be a torch.Tensor of audio samples [B, C, T] or [C, T]")
         if prompt.dim() == 2:
@@ -420,7 +420,7 @@ class MAGNeT(_GenModel):
 
 def _musicgen_engine():
     try:
-        from magnet_fast import MusicGenFast
+        from magnet_fast.engines.musicgen import MusicGenFast
     except ImportError:
         raise ConfigError("MusicGen needs the engine magnet_fast.MusicGenFast, which this magnet_fast does not "
                           "have; upgrade magnet_fast (MAGNeT models work: magnet_fast.compat.MAGNeT)") from None

@@ -18,6 +18,7 @@ from magnet_fast.params import (
 )
 
 FORMAT = "magnet_fast/1"
+VERSION = "0.1.0"          # magnet_fast's version (pyproject.toml); part of the converted-cache key
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # Geometry bounds (docs/DESIGN.md, "Bounds checked before work"); released: 24/48 layers, 4 codebooks

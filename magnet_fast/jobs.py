@@ -58,7 +58,7 @@ SEED_BITS = 62                       # derived seeds: < 2**62 (the model's own r
 MAX_NAME = 96                        # characters kept from an id in its file name
 DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 32}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-_TEMP = re.compile(r"^\..+\.wav\.tmp-[^/]*$")      # magnet_fast._io.atomic_file's names for a WAV
+_TEMP = re.compile(r"^\..+\.wav\.tmp-[^/]*$")      # magnet_fast.io.files.atomic_file's names for a WAV
 
 
 class JobError(MagnetFastError, ValueError):
@@ -295,7 +295,7 @@ class ModelSpec:
     t5, codec, allow_download, attention, ...)."""
     path: str
     kwargs: dict = field(default_factory=dict)
-    loader: str = "magnet_fast.api:MagnetFast"
+    loader: str = "magnet_fast.engines.magnet:MagnetFast"
 
     @property
     def device(self) -> str:
@@ -386,8 +386,8 @@ def _error_text(e: BaseException) -> str:
 
 def _write_output(path: Path, audio, sample_rate: int) -> tuple[str, float, int]:
     """Atomic, fsynced WAV write -> (sha256, audio seconds, clipped samples)."""
-    from magnet_fast._io import atomic_file
-    from magnet_fast.audio import wav_bytes
+    from magnet_fast.io.audio import wav_bytes
+    from magnet_fast.io.files import atomic_file
     data, clipped = wav_bytes(audio, sample_rate)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
@@ -401,7 +401,7 @@ def process_items(model, items: list[Item], out_dir: Path, max_batch: int) -> li
     """Generate and write ``items`` (any parameters): manifest rows in the order the items finish.
     Items with equal parameters run together, ``max_batch`` at a time; when a batch fails, its items run
     one by one so that only the failing ones are recorded as failed. A failed write (disk full) raises."""
-    from magnet_fast._io import WriteError
+    from magnet_fast.io.files import WriteError
     out_dir = Path(out_dir)
     names, anything = accepted_params(model)
     rows: list[dict] = []
@@ -589,7 +589,7 @@ def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = 
     parameters for lines that do not set them. ``max_batch``: items decoded together (default 4 on CPU,
     32 on CUDA). ``threads``: torch CPU threads for this process. Returns a JobSummary (``summary.failed``
     > 0 when anything failed)."""
-    from magnet_fast.inputs import check_max_batch
+    from magnet_fast.engines.inputs import check_max_batch
     check_max_batch(max_batch)
     warn = warn or _default_warn
     plan = prepare(job, out, defaults, warn)

@@ -105,7 +105,7 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
     CPU threads per replica (default: the cluster's CPUs / replicas). num_cpus / num_gpus: per replica
     (defaults: 1 GPU + 1 CPU on CUDA; a fraction of a CPU on CPU, see ``_cpus_per_replica``).
     """
-    from magnet_fast.inputs import check_max_batch
+    from magnet_fast.engines.inputs import check_max_batch
     ray = require_ray()
     check_max_batch(max_batch)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:

@@ -1,5 +1,5 @@
 """A fake local Hugging Face hub cache holding tiny models under the real hub names (offline tests of
-``magnet_fast.hub`` / ``magnet_fast.compat`` and the audiocraft demo notebooks).
+``magnet_fast.io.hub`` / ``magnet_fast.compat`` and the audiocraft demo notebooks).
 
 Layout as huggingface_hub writes it: ``<cache>/models--<org>--<name>/{blobs/<sha256>, refs/main,
 snapshots/<commit>/<file> -> ../../blobs/<sha256>}``. What goes in (``build``):

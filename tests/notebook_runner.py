@@ -1,5 +1,5 @@
 """Run the code cells of an audiocraft demo notebook against ``magnet_fast.compat``, the way a user would
-after changing only the imports (tests/test_compat_notebook.py runs this in a fresh process).
+after changing only the imports (tests/frontends/test_compat_notebook.py runs this in a fresh process).
 
     python tests/notebook_runner.py NOTEBOOK.ipynb OUT.json [--skip INDEX=REASON ...]
 

@@ -5,8 +5,7 @@
 imported lazily so that importing this package does not import Triton.
 """
 from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
-
-SUPPORTED_D = (16, 32, 48, 64, 80, 96, 128)      # head dims the Triton kernel is built and tested for
+from magnet_fast.kernels.constants import SUPPORTED_D
 
 __all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_op"]
 

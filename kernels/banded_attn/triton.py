@@ -19,7 +19,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from magnet_fast.kernels._alloc import empty
-from magnet_fast.kernels.banded_attn import SUPPORTED_D, naive
+from magnet_fast.kernels.banded_attn import naive
+from magnet_fast.kernels.constants import SUPPORTED_D
 
 LOG2E = 1.4426950408889634
 
