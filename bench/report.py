@@ -115,7 +115,7 @@ def _kernels(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str
 
 def _paper(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
     geo = meta["geometry"]
-    out = [f"**MAGNeT, rescoring, Hybrid-MAGNeT and MusicGen on this engine** — {_stamp(folder, meta, base)}. "
+    out = [f"**MAGNeT, rescoring, the Hybrid stand-in and MusicGen on this engine** — {_stamp(folder, meta, base)}. "
            f"Random weights, both models dim {geo['dim']}, {geo['heads']} heads, {geo['layers']} layers, card "
            f"{geo['card']}; {meta['duration_s']:g} s, B = {meta['batch']}, MAGNeT steps "
            f"{','.join(map(str, meta['steps']))}, {meta['dtype']}, {meta['threads']} thread(s); gates: "
@@ -164,7 +164,7 @@ def _headline_e2e(folder, meta, rows, base) -> str:
 
 def _headline_paper(folder, meta, rows, base) -> str:
     cells = "; ".join(f"{r['mode']} {r['vs_magnet']:.2f}x" for r in rows if r["mode"] != "MAGNeT")
-    return (f"| Rescoring / Hybrid-MAGNeT / MusicGen time relative to MAGNeT alone ({meta['duration_s']:g} s, "
+    return (f"| Rescoring / Hybrid stand-in / MusicGen time relative to MAGNeT alone ({meta['duration_s']:g} s, "
             f"B = {meta['batch']}, dim {meta['geometry']['dim']}) | {_machine(meta)} | {cells} | "
             f"{_link(folder, meta, base)} |")
 
