@@ -41,7 +41,7 @@ def _e2e(results: Path, name: str, date: str, commit: str, speedups: tuple[float
             "geometry": {"dim": 512, "heads": 8, "layers": 8, "card": 2048, "frames": 500}, "steps": [4, 2, 2, 2],
             "repeats": 3, "gates": {"exact": "PASS", "windowed": "PASS"}}
     rows = [{"batch": b, "audiocraft_s": 10.0, "exact_s": 10.0 / sp, "windowed_s": 5.0, "exact_speedup": sp,
-             "windowed_speedup": 2.0, "all_s": 1.0} for b, sp in zip((1, 4), speedups)]
+             "windowed_speedup": 2.0, "all_s": 1.0} for b, sp in zip((1, 4), speedups, strict=True)]
     _write_run(results, name, meta, rows)
 
 
