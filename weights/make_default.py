@@ -77,7 +77,7 @@ def make_codec(folder: Path, seed: int) -> dict:
 
 
 def make_lm(cfg, seed: int) -> dict:
-    from magnet_fast.model import MagnetLM
+    from magnet_fast.nn.model import MagnetLM
     torch.manual_seed(seed)
     lm = MagnetLM(cfg)
     with torch.no_grad():

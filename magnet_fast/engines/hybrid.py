@@ -1,7 +1,10 @@
-"""Hybrid-MAGNeT (the MAGNeT paper's hybrid model, issue #14): a MusicGen LM writes the
-first P = round(hybrid_seconds * frame_rate) frames of every codebook autoregressively, and MAGNeT decodes
-the rest with those frames as its fixed prompt. Both parts draw from one random stream, the AR part first,
-so a seed makes the whole call reproducible."""
+"""A training-free stand-in for the MAGNeT paper's Hybrid-MAGNeT (issue #14), not the paper's model.
+
+The paper's Hybrid-MAGNeT is one model trained with both objectives (autoregressive on a causal prefix,
+masked on the rest); it was never released. Here two stock models share the work: a MusicGen LM writes the
+first P = round(hybrid_seconds * frame_rate) frames of every codebook autoregressively, and the stock MAGNeT
+checkpoint decodes the rest with those frames as its fixed prompt. Both parts draw from one random stream,
+the AR part first, so a seed makes the whole call reproducible (docs/rescoring-hybrid-longform.md)."""
 from __future__ import annotations
 
 import math
