@@ -37,7 +37,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from magnet_fast._io import atomic_write_bytes, looks_like_path
+from magnet_fast._io import atomic_write_bytes, looks_like_path, sha256_file
 from magnet_fast.errors import CheckpointError
 
 LM_FILE = "state_dict.bin"
@@ -243,11 +243,7 @@ def file_digest(path: Path) -> str:
     memo = _read_memo(memo_path)
     if isinstance(memo.get(stamp), str):
         return memo[stamp]
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = f"sha256:{h.hexdigest()}"
+    digest = f"sha256:{sha256_file(real)}"
     memo = {k: v for k, v in _read_memo(memo_path).items() if not k.startswith(f"{real}|")}
     memo[stamp] = digest
     try:

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magnet_fast._io import sha256_file
 from magnet_fast.errors import MagnetFastError
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -211,14 +212,6 @@ def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item
 
 
 # ----------------------------------------------------------------------------------------- manifest
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON record per finished item, appended as a complete line and fsynced;
     the last record per id wins. A partial last line (a crash mid-append) is ignored with a warning and cut

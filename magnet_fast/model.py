@@ -270,7 +270,7 @@ def _expected_shapes(cfg: MagnetConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _check_header(path, cfg: MagnetConfig, header: dict[str, tuple[tuple[int, ...], str]]) -> None:
+def check_header(path, cfg: MagnetConfig, header: dict[str, tuple[tuple[int, ...], str]]) -> None:
     """The safetensors header (key -> (shape, dtype)) against config.json, before anything is built or read:
     layer and codebook counts, every key and shape, and each tensor's stored dtype against weights_dtype."""
     fix = "re-run `magnet-fast convert`"
@@ -325,7 +325,7 @@ def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype,
             for k in f.keys():
                 sl = f.get_slice(k)
                 header[k] = (tuple(sl.get_shape()), sl.get_dtype())
-        _check_header(path, cfg, header)
+        check_header(path, cfg, header)
         state = load_file(str(path))
     except PermissionError:
         raise CheckpointError(f"{path} is not readable (permission denied); fix its permissions") from None
