@@ -82,23 +82,32 @@ def _number(x):
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
+def _magnet_view(cfg) -> tuple[str, dict, dict]:
+    return "transformer_lm_magnet", {"subcodes_context": cfg.subcodes_context}, {"masking": {"span_len": cfg.span_len}}
+
+
+def _musicgen_view(cfg) -> tuple[str, dict, dict]:
+    pattern = {"codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(cfg.delays)}}} if cfg.delays else {}
+    return "transformer_lm", {}, pattern
+
+
+# config.json's kind (magnet_fast.registry) -> audiocraft's names for that family: (lm_model, the
+# transformer_lm fields it adds, the config sections it adds)
+_FAMILY_VIEW = {"magnet": _magnet_view, "musicgen": _musicgen_view}
+
+
 def _cfg_view(engine) -> AttrDict:
     cfg = engine.config
-    kind = cfg.kind
+    lm_model, lm_extra, extra = _FAMILY_VIEW[cfg.kind](cfg)
     lm = {k: getattr(cfg, k) for k in ("dim", "num_heads", "num_layers", "hidden_scale", "n_q", "card")
           if hasattr(cfg, k)}
-    if kind == "magnet":
-        lm["subcodes_context"] = cfg.subcodes_context
     view = {"dataset": {"segment_duration": _number(float(engine.duration))},
             "sample_rate": int(engine.sample_rate),
             "channels": int(engine.codec.channels),
-            "lm_model": "transformer_lm_magnet" if kind == "magnet" else "transformer_lm",
-            "transformer_lm": lm,
-            "conditioners": {"description": {"model": "t5", "t5": {"name": cfg.t5_name}}}}
-    if kind == "magnet":
-        view["masking"] = {"span_len": cfg.span_len}
-    elif getattr(cfg, "delays", None):
-        view["codebooks_pattern"] = {"modeling": "delay", "delay": {"delays": list(cfg.delays)}}
+            "lm_model": lm_model,
+            "transformer_lm": {**lm, **lm_extra},
+            "conditioners": {"description": {"model": "t5", "t5": {"name": cfg.t5_name}}},
+            **extra}
     return AttrDict(view)
 
 

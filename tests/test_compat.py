@@ -260,8 +260,12 @@ def test_generate_continuation(magnet10):
     encoded = m.engine.prompt_tokens(prompt, 2, 44100)               # resampled to 32 kHz, mixed to mono
     assert tokens.shape == (2, 4, 498) and torch.equal(tokens[..., : encoded.shape[-1]], encoded)
     torch.manual_seed(7)
-    direct = m.engine.generate_tokens(["calm piano", None], prompt=encoded,
-                                      **compat.MAGNeT._engine_kwargs(m.generation_params))
+    gp = m.generation_params                                       # audiocraft's names -> the engine's
+    direct = m.engine.generate_tokens(["calm piano", None], prompt=encoded, use_sampling=gp["use_sampling"],
+                                      temperature=gp["temp"], top_k=gp["top_k"], top_p=gp["top_p"],
+                                      max_cfg_coef=gp["max_cfg_coef"], min_cfg_coef=gp["min_cfg_coef"],
+                                      decoding_steps=gp["decoding_steps"], span_arrangement=gp["span_arrangement"],
+                                      anneal_temp=True, span_scoring="max")
     assert torch.equal(tokens, direct)
     assert wav.shape == (2, 1, 498 * 640)
     # [C, T] is one row; descriptions default to unconditional
