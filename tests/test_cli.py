@@ -152,3 +152,42 @@ def test_info_on_damaged_model(tmp_path):
     assert run_main("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
     (tmp_path / "conv" / "model.safetensors").unlink()
     assert_usage_error(run_main("info", "conv", cwd=tmp_path), "missing or unreadable")
+
+
+def test_engine_registry_is_the_one_place_the_kind_is_read(tmp_path):
+    """magnet_fast.registry: config.json's kind -> the engine class (the one that loads that folder), its
+    loader for batch jobs, and the pre-load checks the CLI runs (the engine's own ParameterErrors)."""
+    import json
+    import shutil
+    import warnings
+
+    import magnet_fast as mf
+    from magnet_fast import registry
+    from magnet_fast.config import ENGINES, KINDS, MagnetConfig
+    from magnet_fast.errors import ConfigError, ParameterError
+    mg = DEMO.parent / "musicgen-tiny-demo"
+    assert tuple(registry.ENGINES) == KINDS
+    assert registry.engine_for(DEMO) is mf.MagnetFast and registry.engine_for(str(mg)) is mf.MusicGenFast
+    assert registry.engine_for(MagnetConfig.load(mg)) is mf.MusicGenFast
+    for kind, entry in registry.ENGINES.items():
+        assert entry.engine().KIND == kind and entry.engine().__name__ == ENGINES[kind] and entry.kind == kind
+    # the checks: the window's seconds, or the engine's own error for the same value
+    assert registry.entry_for(DEMO).check(MagnetConfig.load(DEMO), {"duration": 25.0}) == 10.0
+    assert registry.entry_for(mg).check(MagnetConfig.load(mg), {"duration": 4.0}) == 4.0
+    assert registry.entry_for(mg).check(MagnetConfig.load(mg), {"duration": 45.0}) == 30.0     # long-form window
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)                  # the demos' "untrained weights" notice
+        engines = {folder: registry.engine_for(folder).from_pretrained(folder) for folder in (DEMO, mg)}
+    for folder, params in ((DEMO, {"decoding_steps": [1, 1]}), (DEMO, {"duration": 20.0, "extend_stride": 10.0}),
+                           (mg, {"top_k": 5000}), (mg, {"duration": 40.0, "extend_stride": 31.0})):
+        with pytest.raises(ParameterError) as checked:
+            registry.entry_for(folder).check(MagnetConfig.load(folder), params)
+        with pytest.raises(ParameterError) as engine:
+            engines[folder].generate_tokens(["x"], **params)
+        assert str(checked.value) == str(engine.value)
+    bad = tmp_path / "bad"
+    shutil.copytree(DEMO, bad, ignore=shutil.ignore_patterns("t5", "codec", "*.safetensors"))
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "kind": "audiogen"}))
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        registry.engine_for(bad)
