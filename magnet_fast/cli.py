@@ -114,7 +114,8 @@ def _refuse(args, flags: dict, kind: str, other: str) -> None:
 def generation_overrides(args, kind: str = "magnet") -> dict:
     """CLI flags -> generate_tokens keywords (None = the model's default). Only parsing and flag rules
     here; the values are checked by magnet_fast.params (resolve_params / resolve_ar_params), like every
-    API call's. kind: the model's ('magnet' or 'musicgen'); the other family's flags are refused."""
+    API call's. kind: the model's (a key of ``magnet_fast.engines.registry.ENGINES``); the other family's flags are
+    refused."""
     params = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
     if args.top_k is not None:
         if args.top_p is not None:
@@ -122,18 +123,24 @@ def generation_overrides(args, kind: str = "magnet") -> dict:
         params["top_p"] = 0.0                       # otherwise the model's default top_p would win
     if args.greedy:
         params["use_sampling"] = False
-    if kind == "musicgen":
-        _refuse(args, MAGNET_ONLY, "MusicGen", "MAGNeT")
-        if args.cfg is not None:
-            try:
-                params["cfg_coef"] = float(args.cfg)
-            except ValueError:
-                raise UsageError(f"--cfg must be one number for a MusicGen model, got {args.cfg!r}") from None
-        if getattr(args, "two_step_cfg", False):
-            params["two_step_cfg"] = True
-        params["duration"] = args.duration
-        params["extend_stride"] = getattr(args, "extend_stride", None)   # generate only (batch: per item)
-        return params
+    FAMILY_FLAGS[kind](args, params)
+    return params
+
+
+def _musicgen_flags(args, params: dict) -> None:
+    _refuse(args, MAGNET_ONLY, "MusicGen", "MAGNeT")
+    if args.cfg is not None:
+        try:
+            params["cfg_coef"] = float(args.cfg)
+        except ValueError:
+            raise UsageError(f"--cfg must be one number for a MusicGen model, got {args.cfg!r}") from None
+    if getattr(args, "two_step_cfg", False):
+        params["two_step_cfg"] = True
+    params["duration"] = args.duration
+    params["extend_stride"] = getattr(args, "extend_stride", None)   # generate only (batch: per item)
+
+
+def _magnet_flags(args, params: dict) -> None:
     _refuse(args, MUSICGEN_ONLY, "MAGNeT", "MusicGen")
     params["duration"], params["extend_stride"] = args.duration, getattr(args, "extend_stride", None)
     params["span_scoring"] = args.span_scoring
@@ -145,13 +152,17 @@ def generation_overrides(args, kind: str = "magnet") -> dict:
         params["span_arrangement"] = "stride1"
     if args.no_anneal:
         params["anneal_temp"] = False
-    return params
+
+
+# config.json's kind -> the family's flags (the keys are magnet_fast.engines.registry.ENGINES')
+FAMILY_FLAGS = {"magnet": _magnet_flags, "musicgen": _musicgen_flags}
 
 
 def check_paired_models(args, cfg) -> None:
     """--hybrid / --rescore: MusicGen folders sharing the MAGNeT model's codec tokens (before loading);
     their flags without them are refused."""
-    from magnet_fast.config import MagnetConfig
+    from magnet_fast.engines.pairing import check_token_space
+    from magnet_fast.engines.registry import config_of
     if args.hybrid is None and args.hybrid_seconds is not None:
         raise UsageError("--hybrid-seconds needs --hybrid MUSICGEN_DIR")
     if args.rescore is None and args.rescore_weight is not None:
@@ -166,18 +177,15 @@ def check_paired_models(args, cfg) -> None:
     for flag, folder in (("--hybrid", args.hybrid), ("--rescore", args.rescore)):
         if folder is None:
             continue
-        other = MagnetConfig.load(Path(folder))
+        other = config_of(folder)
         if other.kind != "musicgen":
             raise UsageError(f"{flag} needs a MusicGen model folder; {folder} is a {other.kind} model")
-        if (other.n_q, other.card, other.frame_rate) != (cfg.n_q, cfg.card, cfg.frame_rate):
-            raise UsageError(f"{flag} {folder}: {other.n_q} codebooks x {other.card} at {other.frame_rate} Hz, "
-                             f"but the MAGNeT model has {cfg.n_q} x {cfg.card} at {cfg.frame_rate} Hz: they must "
-                             "share the codec's tokens")
+        check_token_space(cfg, other, f"{flag} {folder}")      # the engines' own check, before loading
 
 
 def _paired(args, device, dtype) -> dict:
     """--hybrid / --rescore -> the generate_tokens keywords (the MusicGen engines loaded)."""
-    from magnet_fast.engines.musicgen import MusicGenFast
+    from magnet_fast.engines.registry import engine_for
     out = {}
     loaded = {}
 
@@ -186,8 +194,8 @@ def _paired(args, device, dtype) -> dict:
         if key not in loaded:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                loaded[key] = MusicGenFast.from_pretrained(folder, device=device, dtype=dtype,
-                                                           allow_download=args.allow_download)
+                loaded[key] = engine_for(folder).from_pretrained(folder, device=device, dtype=dtype,
+                                                                 allow_download=args.allow_download)
         return loaded[key]
     if args.hybrid is not None:
         out["hybrid"] = load(args.hybrid)
@@ -201,35 +209,17 @@ def _paired(args, device, dtype) -> dict:
 
 
 def cmd_generate(args) -> int:
-    from magnet_fast.config import MagnetConfig
     from magnet_fast.engines.inputs import check_max_batch
-    from magnet_fast.engines.magnet import MagnetFast
-    from magnet_fast.engines.musicgen import MusicGenFast
+    from magnet_fast.engines.registry import ENGINES, config_of
     from magnet_fast.io.audio import audio_info, check_writable, output_paths, write_wav
-    from magnet_fast.params import check_seed, resolve_ar_params, resolve_params
+    from magnet_fast.params import check_seed
     prompts = read_prompts(args)
     model_dir = Path(args.model) if args.model else DEMO_MODEL
-    cfg = MagnetConfig.load(model_dir)
+    cfg = config_of(model_dir)
+    family = ENGINES[cfg.kind]                                 # the engine and its checks, from config.json
     params = generation_overrides(args, cfg.kind)
-    if cfg.kind == "musicgen":                                 # every value checked before loading
-        from magnet_fast.engines.musicgen import long_form_plan
-        long = long_form_plan(cfg, params["duration"], params["extend_stride"])
-        sampling = {k: v for k, v in params.items() if k != "extend_stride"}
-        if long is not None:
-            sampling["duration"] = cfg.segment_duration
-        length = resolve_ar_params(cfg.generation, cfg.card, max_duration=cfg.segment_duration,
-                                   **sampling).duration
-    else:
-        from magnet_fast.engines.longform import long_form
-        from magnet_fast.params import output_frames
-        sampling = {k: v for k, v in params.items() if k not in ("duration", "extend_stride")}
-        p = resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **sampling)
-        long_form(params["duration"], params["extend_stride"], window_s=cfg.segment_duration,
-                  frame_rate=cfg.frame_rate, window_frames=output_frames(cfg.frames, cfg.span_len,
-                                                                         p.span_arrangement),
-                  default_stride_s=cfg.segment_duration / 2)
-        length = cfg.segment_duration
-        check_paired_models(args, cfg)
+    length = family.check(cfg, params)                         # every value checked before loading
+    check_paired_models(args, cfg)
     check_seed(args.seed)
     check_max_batch(args.max_batch)
     if args.prompt_audio:
@@ -243,14 +233,12 @@ def cmd_generate(args) -> int:
     check_writable(paths, args.force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # the notice is printed once below
-        engine = MusicGenFast if cfg.kind == "musicgen" else MagnetFast
-        model = engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
-                                           codec=args.codec, allow_download=args.allow_download,
-                                           attention="exact" if args.exact else None)
+        model = family.engine().from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
+                                                codec=args.codec, allow_download=args.allow_download,
+                                                attention="exact" if args.exact else None)
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
-    if cfg.kind == "magnet":
-        params.update(_paired(args, model.device, args.dtype))
+    params.update(_paired(args, model.device, args.dtype))     # --hybrid / --rescore (MAGNeT only)
     t0 = time.perf_counter()
     prompt = None
     if args.prompt_audio:
@@ -309,10 +297,11 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from safetensors import SafetensorError, safe_open
 
-    from magnet_fast.config import WEIGHTS_NAME, MagnetConfig
+    from magnet_fast.config import WEIGHTS_NAME
+    from magnet_fast.engines.registry import ENGINES, config_of
     from magnet_fast.errors import CheckpointError
     folder = Path(args.model) if args.model else DEMO_MODEL
-    cfg = MagnetConfig.load(folder)
+    cfg = config_of(folder)
     params, dtypes = 0, set()
     try:
         weights = safe_open(str(folder / WEIGHTS_NAME), "pt")
@@ -330,30 +319,43 @@ def cmd_info(args) -> int:
             params += n
             dtypes.add(sl.get_dtype())
     from magnet_fast.nn.loading import check_header
-    check_header(folder / WEIGHTS_NAME, cfg, header)         # the same checks as loading it for generate
+    check_header(folder / WEIGHTS_NAME, cfg, header)          # the same checks as loading it for generate
     info = {"model": str(folder), "parameters": params, "dtypes": sorted(dtypes), **cfg.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    g = cfg.generation
-    print(f"{folder}\n  kind: {cfg.kind} ({'MusicGen: autoregressive, delay pattern ' + str(list(cfg.delays)) if cfg.kind == 'musicgen' else 'MAGNeT: masked, parallel decoding'})")
+    family = ENGINES[cfg.kind]
+    shape, defaults = DESCRIBE[cfg.kind](cfg)
+    delays = f" {list(cfg.delays)}" if cfg.delays else ""
+    print(f"{folder}\n  kind: {cfg.kind} ({family.description}{delays})")
     print(f"  LM: {params / 1e6:.1f} M parameters ({', '.join(sorted(dtypes))}), dim {cfg.dim}, "
           f"{cfg.num_layers} layers, {cfg.num_heads} heads, {cfg.n_q} codebooks x {cfg.card}")
-    shape = (f"span {cfg.span_len}, band +-{cfg.subcodes_context}" if cfg.kind == "magnet"
-             else f"up to {cfg.segment_duration:g} s per generation")
     print(f"  audio: {cfg.segment_duration:g} s at {cfg.frame_rate} Hz frames ({cfg.frames}), "
           f"{cfg.sample_rate} Hz; {shape}")
     print(f"  text: {cfg.t5_name} (width {cfg.t5_dim})" + ("; bundled t5/" if (folder / "t5").is_dir() else ""))
     print(f"  codec: {json.dumps(cfg.codec)}")
-    if cfg.kind == "musicgen":
-        print(f"  defaults: duration {g.duration:g} s, sampling {g.use_sampling}, temperature {g.temperature}, "
-              f"top_k {g.top_k}, top_p {g.top_p}, cfg {g.cfg_coef}, two-step cfg {g.two_step_cfg}")
-    else:
-        print(f"  defaults: steps {list(g.decoding_steps)}, temperature {g.temperature}, top_p {g.top_p}, "
-              f"top_k {g.top_k}, cfg {g.max_cfg_coef}->{g.min_cfg_coef}, {g.span_arrangement}/{g.span_scoring}")
+    print(f"  defaults: {defaults}")
     if cfg.notice:
         print(f"  note: {cfg.notice}")
     return 0
+
+
+def _describe_magnet(cfg) -> tuple[str, str]:
+    g = cfg.generation
+    return (f"span {cfg.span_len}, band +-{cfg.subcodes_context}",
+            f"steps {list(g.decoding_steps)}, temperature {g.temperature}, top_p {g.top_p}, top_k {g.top_k}, "
+            f"cfg {g.max_cfg_coef}->{g.min_cfg_coef}, {g.span_arrangement}/{g.span_scoring}")
+
+
+def _describe_musicgen(cfg) -> tuple[str, str]:
+    g = cfg.generation
+    return (f"up to {cfg.segment_duration:g} s per generation",
+            f"duration {g.duration:g} s, sampling {g.use_sampling}, temperature {g.temperature}, top_k {g.top_k}, "
+            f"top_p {g.top_p}, cfg {g.cfg_coef}, two-step cfg {g.two_step_cfg}")
+
+
+# config.json's kind -> (the ``info`` shape line, the defaults line)
+DESCRIBE = {"magnet": _describe_magnet, "musicgen": _describe_musicgen}
 
 
 # ----------------------------------------------------------------------------------------- batch
@@ -362,26 +364,8 @@ def add_batch_parser(sub) -> None:
     b = sub.add_parser("batch", help="run a resumable JSONL job: one WAV per line + manifest.jsonl")
     b.add_argument("job", help='JSONL: {"id": ..., "text": ..., "seed"?: int, <generation params>} per line')
     b.add_argument("--out", required=True, help="output folder (WAVs + manifest.jsonl; rerun to resume)")
-    b.add_argument("--model", help="converted model folder (default: the bundled demo)")
-    b.add_argument("--steps", help="default decoding steps per codebook, e.g. 20,10,10,10")
-    b.add_argument("--temperature", type=float)
-    b.add_argument("--top-p", type=float)
-    b.add_argument("--top-k", type=int)
-    b.add_argument("--cfg", help="default CFG: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for MusicGen")
-    b.add_argument("--stride1", action="store_true")
-    b.add_argument("--span-scoring", choices=["max", "prod"])
-    b.add_argument("--greedy", action="store_true")
-    b.add_argument("--no-anneal", action="store_true")
-    b.add_argument("--duration", type=float, help="default duration in seconds (passed only when given)")
-    b.add_argument("--max-batch", type=int, help="items decoded together (default 4 on CPU, 32 on CUDA)")
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    b.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    b.add_argument("--exact", action="store_true", help="parity attention (see `generate --exact`)")
-    b.add_argument("--t5", help="local T5 folder")
-    b.add_argument("--codec", help="local EnCodec folder (transformers format)")
-    b.add_argument("--allow-download", action="store_true")
+    add_flags(b, "batch")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (per replica with --ray)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--ray", action="store_true", help="run on Ray Data (pip install -e \".[ray]\")")
     b.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
     b.add_argument("--replicas", type=int, help="model replicas with --ray (default 1; one per GPU on CUDA)")
@@ -394,27 +378,24 @@ def batch_defaults(args, kind: str) -> dict:
     return {k: v for k, v in generation_overrides(args, kind).items() if v is not None}
 
 
-def _model_kind(args) -> tuple[Path, object]:
-    from magnet_fast.config import MagnetConfig
-    from magnet_fast.demo import DEMO_MODEL
+def _model_config(args) -> tuple[Path, object]:
+    from magnet_fast.engines.registry import config_of
     folder = Path(args.model) if args.model else DEMO_MODEL
-    return folder, MagnetConfig.load(folder)
+    return folder, config_of(folder)
 
 
 def model_spec(args):
-    """The CLI's model (a converted MAGNeT or MusicGen folder: the engine follows config.json's kind),
-    checked from its config.json before anything loads."""
+    """The CLI's model (a converted MAGNeT or MusicGen folder: the engine follows config.json's kind through
+    ``magnet_fast.engines.registry``), checked from its config.json before anything loads."""
+    from magnet_fast.engines.registry import ENGINES
     from magnet_fast.jobs import ModelSpec
-    from magnet_fast.params import resolve_ar_params, resolve_params
-    folder, cfg = _model_kind(args)
+    folder, cfg = _model_config(args)
+    family = ENGINES[cfg.kind]
     defaults = {k: v for k, v in batch_defaults(args, cfg.kind).items() if k != "duration"}
+    family.check(cfg, defaults)
     kwargs = {"device": args.device, "dtype": args.dtype, "t5": args.t5, "codec": args.codec,
               "allow_download": args.allow_download, "attention": "exact" if args.exact else None}
-    if cfg.kind == "musicgen":
-        resolve_ar_params(cfg.generation, cfg.card, **defaults)
-        return ModelSpec(str(folder.resolve()), kwargs, loader="magnet_fast.engines.musicgen:MusicGenFast")
-    resolve_params(cfg.generation, cfg.n_q, cfg.card, frames=cfg.frames, span_len=cfg.span_len, **defaults)
-    return ModelSpec(str(folder.resolve()), kwargs)
+    return ModelSpec(str(folder.resolve()), kwargs, loader=family.loader)
 
 
 def cmd_batch(args) -> int:
@@ -430,7 +411,7 @@ def cmd_batch(args) -> int:
     if args.ray:
         from magnet_fast.ray_jobs import require_ray
         require_ray()
-    defaults = batch_defaults(args, _model_kind(args)[1].kind)
+    defaults = batch_defaults(args, _model_config(args)[1].kind)
     spec = model_spec(args)
 
     def warn(message: str) -> None:
@@ -454,51 +435,79 @@ def cmd_batch(args) -> int:
     return 0
 
 
+# The generation flags, declared once for ``generate`` and ``batch``: (flags, argparse keywords, commands).
+# ``help`` may be a dict command -> text where the commands word it differently.
+BOTH, GENERATE = ("generate", "batch"), ("generate",)
+FLAGS = (
+    (("--model",), {"help": f"converted model folder (default: the bundled demo, {DEMO_MODEL.name})"}, BOTH),
+    (("--out",), {"help": "output .wav (one prompt) or folder (default: ./outputs)"}, GENERATE),
+    (("--seed",), {"type": int}, GENERATE),
+    (("--steps",), {"help": {"generate": "decoding steps per codebook, e.g. 20,10,10,10",
+                             "batch": "default decoding steps per codebook, e.g. 20,10,10,10"}}, BOTH),
+    (("--temperature",), {"type": float}, BOTH),
+    (("--top-p",), {"type": float}, BOTH),
+    (("--top-k",), {"type": int}, BOTH),
+    (("--cfg",), {"help": {"generate": "CFG coefficient: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for "
+                                       "MusicGen (e.g. 3)",
+                           "batch": "default CFG: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for "
+                                    "MusicGen"}}, BOTH),
+    (("--duration",), {"type": float, "help": {
+        "generate": "seconds to generate, prompt included (MusicGen default 15); over the model's window "
+                    "(MusicGen 30 s) it generates long-form in sliding windows",
+        "batch": "default duration in seconds (passed only when given)"}}, BOTH),
+    (("--extend-stride",), {"type": float, "help": "long-form (--duration over the model's window): seconds "
+                            "each further window advances (MusicGen default 18, MAGNeT half the window)"}, GENERATE),
+    (("--hybrid",), {"metavar": "MUSICGEN_DIR", "help": "Hybrid-MAGNeT: this MusicGen generates the first "
+                     "--hybrid-seconds autoregressively, MAGNeT decodes the rest"}, GENERATE),
+    (("--hybrid-seconds",), {"type": float, "help": "the autoregressive prefix (default 3)"}, GENERATE),
+    (("--rescore",), {"metavar": "MUSICGEN_DIR", "help": "rescore every MAGNeT step with this MusicGen"},
+     GENERATE),
+    (("--rescore-weight",), {"type": float, "help": "w in w*p_rescorer + (1-w)*p_magnet (default 0.7)"},
+     GENERATE),
+    (("--two-step-cfg",), {"action": "store_true", "help": "MusicGen: separate conditional and "
+                           "unconditional forwards (audiocraft's two_step_cfg)"}, GENERATE),
+    (("--stride1",), {"action": "store_true", "help": "overlapping-span masking (the demo's setting)"}, BOTH),
+    (("--span-scoring",), {"choices": ["max", "prod"]}, BOTH),
+    (("--greedy",), {"action": "store_true", "help": "argmax decoding (no sampling)"}, BOTH),
+    (("--no-anneal",), {"action": "store_true", "help": "constant temperature"}, BOTH),
+    (("--unconditional",), {"action": "store_true", "help": "ignore the texts (null condition)"}, GENERATE),
+    (("--prompt-audio",), {"help": "audio file to continue (shorter than the model's duration)"}, GENERATE),
+    (("--max-batch",), {"type": int, "help": {
+        "generate": f"decode (and write) at most N prompts at a time (memory; default {CHUNK['cpu']} on CPU, "
+                    f"{CHUNK['cuda']} on CUDA)",
+        "batch": f"items decoded together (default {CHUNK['cpu']} on CPU, {CHUNK['cuda']} on CUDA)"}}, BOTH),
+    (("--device",), {"default": "cpu", "choices": ["cpu", "cuda"]}, BOTH),
+    (("--dtype",), {"choices": ["float32", "float16", "bfloat16"]}, BOTH),
+    (("--exact",), {"action": "store_true", "help": "parity mode: audiocraft's dense attention arithmetic (on CPU "
+                    "float32 its tokens bit for bit for the same seed; slower than the default)"}, BOTH),
+    (("--t5",), {"help": "local T5 folder (default: the model's t5/ or its config name)"}, BOTH),
+    (("--codec",), {"help": "local EnCodec folder (transformers format) overriding the model's"}, BOTH),
+    (("--allow-download",), {"action": "store_true", "help": "let transformers fetch T5/codec from the hub"},
+     BOTH),
+    (("--tokens-only",), {"action": "store_true", "help": "write tokens (.safetensors) instead of audio"},
+     GENERATE),
+    (("--force",), {"action": "store_true", "help": "overwrite existing output files"}, GENERATE),
+    (("--quiet",), {"action": "store_true", "help": "no progress bar"}, BOTH),
+)
+
+
+def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Declare ``FLAGS``' rows for ``command`` ('generate' or 'batch') on ``parser``."""
+    for flags, kwargs, commands in FLAGS:
+        if command in commands:
+            kwargs = dict(kwargs)
+            if isinstance(kwargs.get("help"), dict):
+                kwargs["help"] = kwargs["help"][command]
+            parser.add_argument(*flags, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="magnet-fast", description="Fast, faithful MAGNeT inference.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text -> WAV (one file per prompt)")
     g.add_argument("prompts", nargs="*", help="text descriptions")
     g.add_argument("--prompts-file", help="one prompt per line (.txt) or {'description': ...} per line (.jsonl)")
-    g.add_argument("--model", help=f"converted model folder (default: the bundled demo, {DEMO_MODEL.name})")
-    g.add_argument("--out", help="output .wav (one prompt) or folder (default: ./outputs)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--steps", help="decoding steps per codebook, e.g. 20,10,10,10")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--cfg", help="CFG coefficient: MAX,MIN annealed for MAGNeT (e.g. 10,1); one number for "
-                   "MusicGen (e.g. 3)")
-    g.add_argument("--duration", type=float, help="seconds to generate, prompt included (MusicGen default 15); "
-                   "over the model's window (MusicGen 30 s) it generates long-form in sliding windows")
-    g.add_argument("--extend-stride", type=float, help="long-form (--duration over the model's window): seconds "
-                   "each further window advances (MusicGen default 18, MAGNeT half the window)")
-    g.add_argument("--hybrid", metavar="MUSICGEN_DIR", help="Hybrid-MAGNeT: this MusicGen generates the first "
-                   "--hybrid-seconds autoregressively, MAGNeT decodes the rest")
-    g.add_argument("--hybrid-seconds", type=float, help="the autoregressive prefix (default 3)")
-    g.add_argument("--rescore", metavar="MUSICGEN_DIR", help="rescore every MAGNeT step with this MusicGen")
-    g.add_argument("--rescore-weight", type=float, help="w in w*p_rescorer + (1-w)*p_magnet (default 0.7)")
-    g.add_argument("--two-step-cfg", action="store_true", help="MusicGen: separate conditional and "
-                   "unconditional forwards (audiocraft's two_step_cfg)")
-    g.add_argument("--stride1", action="store_true", help="overlapping-span masking (the demo's setting)")
-    g.add_argument("--span-scoring", choices=["max", "prod"])
-    g.add_argument("--greedy", action="store_true", help="argmax decoding (no sampling)")
-    g.add_argument("--no-anneal", action="store_true", help="constant temperature")
-    g.add_argument("--unconditional", action="store_true", help="ignore the texts (null condition)")
-    g.add_argument("--prompt-audio", help="audio file to continue (shorter than the model's duration)")
-    g.add_argument("--max-batch", type=int, help="decode (and write) at most N prompts at a time (memory; default "
-                                                 f"{CHUNK['cpu']} on CPU, {CHUNK['cuda']} on CUDA)")
-    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--exact", action="store_true",
-                   help="parity mode: audiocraft's dense attention arithmetic (on CPU float32 its tokens bit "
-                        "for bit for the same seed; slower than the default)")
-    g.add_argument("--t5", help="local T5 folder (default: the model's t5/ or its config name)")
-    g.add_argument("--codec", help="local EnCodec folder (transformers format) overriding the model's")
-    g.add_argument("--allow-download", action="store_true", help="let transformers fetch T5/codec from the hub")
-    g.add_argument("--tokens-only", action="store_true", help="write tokens (.safetensors) instead of audio")
-    g.add_argument("--force", action="store_true", help="overwrite existing output files")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_flags(g, "generate")
     g.set_defaults(func=cmd_generate)
     c = sub.add_parser("convert", help="audiocraft export folder -> converted model folder")
     c.add_argument("src")

@@ -35,14 +35,13 @@ with audiocraft (fp16 autocast) is statistical, as before.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from pathlib import Path
 
 import torch
 
-from magnet_fast.engines.magnet import MagnetFast
+from magnet_fast.engines.registry import entry_for
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
 from magnet_fast.io.audio_out import audio_write, display_audio, loudness, normalize_audio  # noqa: F401  (audiocraft's names)
 from magnet_fast.io.hub import resolve_model
@@ -83,23 +82,32 @@ def _number(x):
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
+def _magnet_view(cfg) -> tuple[str, dict, dict]:
+    return "transformer_lm_magnet", {"subcodes_context": cfg.subcodes_context}, {"masking": {"span_len": cfg.span_len}}
+
+
+def _musicgen_view(cfg) -> tuple[str, dict, dict]:
+    pattern = {"codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(cfg.delays)}}} if cfg.delays else {}
+    return "transformer_lm", {}, pattern
+
+
+# config.json's kind (magnet_fast.engines.registry) -> audiocraft's names for that family: (lm_model, the
+# transformer_lm fields it adds, the config sections it adds)
+_FAMILY_VIEW = {"magnet": _magnet_view, "musicgen": _musicgen_view}
+
+
 def _cfg_view(engine) -> AttrDict:
     cfg = engine.config
-    kind = getattr(cfg, "kind", "magnet")
+    lm_model, lm_extra, extra = _FAMILY_VIEW[cfg.kind](cfg)
     lm = {k: getattr(cfg, k) for k in ("dim", "num_heads", "num_layers", "hidden_scale", "n_q", "card")
           if hasattr(cfg, k)}
-    if kind == "magnet":
-        lm["subcodes_context"] = cfg.subcodes_context
     view = {"dataset": {"segment_duration": _number(float(engine.duration))},
             "sample_rate": int(engine.sample_rate),
             "channels": int(engine.codec.channels),
-            "lm_model": "transformer_lm_magnet" if kind == "magnet" else "transformer_lm",
-            "transformer_lm": lm,
-            "conditioners": {"description": {"model": "t5", "t5": {"name": cfg.t5_name}}}}
-    if kind == "magnet":
-        view["masking"] = {"span_len": cfg.span_len}
-    elif getattr(cfg, "delays", None):
-        view["codebooks_pattern"] = {"modeling": "delay", "delay": {"delays": list(cfg.delays)}}
+            "lm_model": lm_model,
+            "transformer_lm": {**lm, **lm_extra},
+            "conditioners": {"description": {"model": "t5", "t5": {"name": cfg.t5_name}}},
+            **extra}
     return AttrDict(view)
 
 
@@ -192,30 +200,6 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
 
-class _MagnetEngine(MagnetFast):
-    """MagnetFast that reports each decoding step to ``step_report(done, total)`` while it is set."""
-
-    step_report = None
-
-    def _decode(self, *args, **kwargs):
-        # MagnetFast._decode(..., params, ..., progress, ..., on_step=None, ...): bound by name, so other
-        # arguments it grows pass through untouched
-        report = self.step_report
-        if report is None:
-            return MagnetFast._decode(self, *args, **kwargs)
-        bound = inspect.signature(MagnetFast._decode).bind(self, *args, **kwargs)
-        given = bound.arguments
-        total, done, on_step = sum(given["params"].decoding_steps), [0], given.get("on_step")
-
-        def step(stage, index, state):
-            if on_step is not None:
-                on_step(stage, index, state)
-            done[0] += 1
-            report(done[0], total)
-        given["progress"], given["on_step"] = False, step
-        return MagnetFast._decode(*bound.args, **bound.kwargs)
-
-
 def _print_progress(generated: int, to_generate: int) -> None:
     print(f"{generated: 6d} / {to_generate: 6d}", end="\r", flush=True)     # audiocraft's default display
 
@@ -233,12 +217,13 @@ def _attention(attention, device: torch.device):
     return CPU_ATTENTION if device.type == "cpu" else None
 
 
-def _check_kind(folder: Path, want: str, name: str) -> None:
-    from magnet_fast.config import MagnetConfig
-    kind = MagnetConfig.load(folder).kind
-    if kind != want:
-        other = "MusicGen" if kind == "musicgen" else "MAGNeT"
-        raise ConfigError(f"{name!r} is a {other} model; load it with magnet_fast.compat.{other}.get_pretrained")
+def _engine(folder: Path, want: str, name: str) -> type:
+    """The engine class for ``folder`` (``magnet_fast.engines.registry``), which must be a ``want`` model."""
+    family = entry_for(folder)
+    if family.kind != want:
+        raise ConfigError(f"{name!r} is a {family.label} model; load it with "
+                          f"magnet_fast.compat.{family.label}.get_pretrained")
+    return family.engine()
 
 
 def _refuse_unsupported(name: str) -> None:
@@ -379,9 +364,9 @@ class MAGNeT(_GenModel):
         is the faster CPU path). allow_download: fetch missing files from the Hub (off by default)."""
         device = _device(device)
         folder = resolve_model(name, allow_download=allow_download)
-        _check_kind(folder, "magnet", name)
-        engine = _MagnetEngine.from_pretrained(folder, device=device, allow_download=allow_download,
-                                               attention=_attention(attention, device))
+        engine = _engine(folder, "magnet", name).from_pretrained(folder, device=device,
+                                                                 allow_download=allow_download,
+                                                                 attention=_attention(attention, device))
         engine.load_codec()                          # audiocraft loads the codec with the model
         return MAGNeT(name, engine)
 
@@ -410,21 +395,8 @@ class MAGNeT(_GenModel):
                 "span_arrangement": params["span_arrangement"], "anneal_temp": True, "span_scoring": "max"}
 
     def _generate_tokens(self, descriptions, prompt_tokens, progress: bool) -> torch.Tensor:
-        self.engine.step_report = self._reporter(progress)
-        try:
-            return self.engine.generate_tokens(descriptions, prompt=prompt_tokens,
-                                               **self._engine_kwargs(self.generation_params))
-        finally:
-            self.engine.step_report = None
-
-
-def _musicgen_engine():
-    try:
-        from magnet_fast.engines.musicgen import MusicGenFast
-    except ImportError:
-        raise ConfigError("MusicGen needs the engine magnet_fast.MusicGenFast, which this magnet_fast does not "
-                          "have; upgrade magnet_fast (MAGNeT models work: magnet_fast.compat.MAGNeT)") from None
-    return MusicGenFast
+        return self.engine.generate_tokens(descriptions, prompt=prompt_tokens, callback=self._reporter(progress),
+                                           **self._engine_kwargs(self.generation_params))
 
 
 class MusicGen(_GenModel):
@@ -449,12 +421,11 @@ class MusicGen(_GenModel):
         if not isinstance(name, str):
             raise CheckpointError(f"model name must be a string, got {name!r}")
         _refuse_unsupported(name)
-        engine_cls = _musicgen_engine()
         device = _device(device)
         folder = resolve_model(name, allow_download=allow_download)
-        _check_kind(folder, "musicgen", name)
-        engine = engine_cls.from_pretrained(folder, device=device, allow_download=allow_download,
-                                            attention=_attention(attention, device))
+        engine = _engine(folder, "musicgen", name).from_pretrained(folder, device=device,
+                                                                   allow_download=allow_download,
+                                                                   attention=_attention(attention, device))
         codec = engine.load_codec()
         if int(codec.channels) != 1:
             raise ConfigError(f"{name!r} produces {codec.channels} channels; stereo is not supported by magnet_fast")
@@ -474,8 +445,7 @@ class MusicGen(_GenModel):
                                  f"(0, {self.max_duration}) s, got {extend_stride!r}")
         params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
                   "cfg_coef": cfg_coef, "two_step_cfg": two_step_cfg}
-        if hasattr(self.engine, "params"):           # validate now where the engine can
-            self.engine.params(**self._engine_kwargs(params, min(float(duration), float(self.max_duration))))
+        self.engine.params(**self._engine_kwargs(params, min(float(duration), float(self.max_duration))))
         self.extend_stride = extend_stride
         self.duration = duration
         self.generation_params = params
@@ -499,39 +469,26 @@ class MusicGen(_GenModel):
                                  f"generate ({limit} frames = {min(self.duration, self.max_duration)} s)")
 
     def _chunk(self, descriptions, prompt, duration: float, progress: bool, offset: int) -> torch.Tensor:
-        report = self._reporter(progress)
+        """One window of ``duration`` seconds starting at frame ``offset`` (progress counts from there)."""
         kwargs = self._engine_kwargs(self.generation_params, duration)
-        accepts = inspect.signature(self.engine.generate_tokens).parameters
-        if report is not None and "callback" in accepts:
-            kwargs["callback"] = lambda done, total, show=report: show(done + offset, total)
-            report = None
-        elif report is _print_progress:
-            kwargs["progress"] = True                # the engine's own display
-            report = None
-        tokens = self.engine.generate_tokens(descriptions, prompt=prompt, **kwargs)
-        if report is not None:                       # a custom callback the engine cannot call per step
-            n_prompt = 0 if prompt is None else prompt.shape[-1]
-            report(offset + tokens.shape[-1] - n_prompt, int(duration * self.frame_rate) - n_prompt)
-        return tokens
+        report = self._reporter(progress)
+        if report is not None:
+            kwargs["callback"] = lambda done, total: report(done + offset, total)
+        return self.engine.generate_tokens(descriptions, prompt=prompt, **kwargs)
 
     def _generate_tokens(self, descriptions, prompt_tokens, progress: bool) -> torch.Tensor:
         if self.duration <= self.max_duration:
             return self._chunk(descriptions, prompt_tokens, float(self.duration), progress, 0)
         # longer than the model's window: continue the last (max_duration - extend_stride) s, as audiocraft
-        total = int(self.duration * self.frame_rate)
-        stride = int(self.frame_rate * self.extend_stride)
-        pieces, offset = [], 0
-        prompt_length = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
-        if prompt_tokens is not None:
-            pieces.append(prompt_tokens)
-        while offset + prompt_length < total:
-            chunk = min(self.duration - offset / self.frame_rate, self.max_duration)
-            tokens = self._chunk(descriptions, prompt_tokens, float(chunk), progress, offset)
-            pieces.append(tokens if prompt_tokens is None else tokens[:, :, prompt_tokens.shape[-1]:])
-            prompt_tokens = tokens[:, :, stride:]
-            prompt_length = prompt_tokens.shape[-1]
-            offset += stride
-        return torch.cat(pieces, dim=-1)
+        # does, with its last window only as long as what is left (longform.py's loop, short_last)
+        from magnet_fast.engines.longform import generate_windows
+
+        def window(prompt, start: int) -> torch.Tensor:
+            chunk = min(self.duration - start / self.frame_rate, self.max_duration)
+            return self._chunk(descriptions, prompt, float(chunk), progress, start)
+        return generate_windows(window, prompt_tokens, int(self.duration * self.frame_rate),
+                                int(self.max_duration * self.frame_rate), int(self.frame_rate * self.extend_stride),
+                                short_last=True)
 
 
 class MultiBandDiffusion:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from magnet_fast.errors import MagnetFastError
+from magnet_fast.io.files import sha256_file
 
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".magnet-fast-batch.lock"
@@ -116,7 +117,7 @@ class Item:
 
     def request(self) -> tuple:
         """What the output depends on (compared with the manifest record on resume)."""
-        return (self.text, self.seed, _canonical(self.params))
+        return (self.text, self.seed, canonical(self.params))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -133,7 +134,8 @@ class LineError:
     error: str
 
 
-def _canonical(params: dict) -> str:
+def canonical(params: dict) -> str:
+    """A job's parameters as one string (sorted keys): equal strings, equal requests (grouping, resume)."""
     return json.dumps(params, sort_keys=True, ensure_ascii=False)
 
 
@@ -211,14 +213,6 @@ def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item
 
 
 # ----------------------------------------------------------------------------------------- manifest
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON record per finished item, appended as a complete line and fsynced;
     the last record per id wins. A partial last line (a crash mid-append) is ignored with a warning and cut
@@ -413,7 +407,7 @@ def process_items(model, items: list[Item], out_dir: Path, max_batch: int) -> li
                                  f"{', '.join(map(repr, unknown))}; {type(model).__name__} takes "
                                  f"{', '.join(sorted(names))}"))
             continue
-        groups.setdefault(_canonical(it.params), []).append(it)
+        groups.setdefault(canonical(it.params), []).append(it)
 
     def run(chunk: list[Item]) -> list[dict]:
         t0 = time.perf_counter()
@@ -552,7 +546,7 @@ def _todo(items: list[Item], manifest: Manifest, out: Path, warn) -> tuple[list[
         if rec is None or rec.get("status") != "done":
             pending.append(it)
             continue
-        same = (rec.get("text"), rec.get("seed"), _canonical(rec.get("params") or {})) == it.request()
+        same = (rec.get("text"), rec.get("seed"), canonical(rec.get("params") or {})) == it.request()
         path = out / it.file
         if not same or rec.get("file") != it.file:
             changed += 1
@@ -581,6 +575,35 @@ def _bar(total: int, quiet: bool):
     return tqdm(total=total, unit="item", desc="items", disable=quiet or total == 0, file=sys.stderr)
 
 
+def run_skeleton(job: str | Path, out: str | Path, setup: Callable[[JobPlan], Callable], *,
+                 defaults: dict | None = None, quiet: bool = True,
+                 warn: Callable[[str], None] | None = None) -> JobSummary:
+    """What every job runner does around the generation (``run_job`` here, ``ray_jobs.run_ray_job`` on Ray):
+    parse the job, lock and tidy the output folder, record the bad lines, and, when something is left to
+    do, ``setup(plan)`` (load the model, start a cluster: not timed) returns ``run(record)``, which
+    generates ``plan.pending`` and calls ``record(row)`` for each finished item's manifest row (appended
+    and fsynced at once, counted on the progress bar). The folder is unlocked whatever happens."""
+    warn = warn or _default_warn
+    plan = prepare(job, out, defaults, warn)
+    try:
+        record_line_errors(plan, warn)
+        rows: list[dict] = []
+        t0 = time.perf_counter()
+        if plan.pending:
+            run = setup(plan)
+            t0 = time.perf_counter()
+            with _bar(len(plan.pending), quiet) as bar:
+
+                def record(row: dict) -> None:
+                    plan.manifest.append(row)
+                    rows.append(row)
+                    bar.update(1)
+                run(record)
+        return summarize(plan, rows, time.perf_counter() - t0)
+    finally:
+        plan.close()
+
+
 def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = None,
             max_batch: int | None = None, threads: int | None = None, quiet: bool = True,
             warn: Callable[[str], None] | None = None) -> JobSummary:
@@ -591,33 +614,27 @@ def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = 
     > 0 when anything failed)."""
     from magnet_fast.engines.inputs import check_max_batch
     check_max_batch(max_batch)
-    warn = warn or _default_warn
-    plan = prepare(job, out, defaults, warn)
-    try:
-        record_line_errors(plan, warn)
-        rows: list[dict] = []
-        t0 = time.perf_counter()
-        if plan.pending:
-            if threads is not None:
-                import torch
-                torch.set_num_threads(threads)
-            model = load_model(model)
-            device = str(getattr(model, "device", "cpu")).split(":")[0]
-            size = max_batch or DEFAULT_MAX_BATCH.get(device, 4)
-            t0 = time.perf_counter()
+
+    def setup(plan: JobPlan):
+        nonlocal model
+        if threads is not None:
+            import torch
+            torch.set_num_threads(threads)
+        model = load_model(model)
+        device = str(getattr(model, "device", "cpu")).split(":")[0]
+        size = max_batch or DEFAULT_MAX_BATCH.get(device, 4)
+
+        def run(record) -> None:
             by_params: dict[str, list[Item]] = {}
             for it in plan.pending:
-                by_params.setdefault(_canonical(it.params), []).append(it)
-            with _bar(len(plan.pending), quiet) as bar:
-                for group in by_params.values():
-                    for start in range(0, len(group), size):
-                        for row in process_items(model, group[start:start + size], plan.out, size):
-                            plan.manifest.append(row)
-                            rows.append(row)
-                            bar.update(1)
-        return summarize(plan, rows, time.perf_counter() - t0)
-    finally:
-        plan.close()
+                by_params.setdefault(canonical(it.params), []).append(it)
+            for group in by_params.values():
+                for start in range(0, len(group), size):
+                    for row in process_items(model, group[start:start + size], plan.out, size):
+                        record(row)
+        return run
+
+    return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn)
 
 
 def summarize(plan: JobPlan, rows: list[dict], wall: float) -> JobSummary:

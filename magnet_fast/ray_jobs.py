@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,16 +26,13 @@ from magnet_fast.jobs import (
     DEFAULT_MAX_BATCH,
     Item,
     JobError,
+    JobPlan,
     JobSummary,
     ModelSpec,
-    _bar,
-    _canonical,
-    _default_warn,
+    canonical,
     load_model,
-    prepare,
     process_items,
-    record_line_errors,
-    summarize,
+    run_skeleton,
 )
 
 INSTALL = 'pip install -e ".[ray]"'
@@ -113,59 +109,56 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
     if not isinstance(model, ModelSpec) and (hasattr(model, "generate") or not callable(model)):
         raise JobError("run_ray_job needs a ModelSpec (or a zero-argument callable) that each replica loads; "
                        "a loaded model cannot be shipped to the replicas")
-    warn = warn or _default_warn
-    plan = prepare(job, out, defaults, warn)
-    started = False
+    started = []
+
+    def setup(plan: JobPlan):
+        nonlocal num_cpus, num_gpus, threads
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            started.append(True)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)   # our bar counts items
+        ctx = ray.data.DataContext.get_current()
+        if hasattr(ctx, "enable_progress_bars"):
+            ctx.enable_progress_bars = False               # ours (run_skeleton's) counts items
+        device = _device(model)
+        gpu = device == "cuda"
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        if num_cpus is None:
+            num_cpus = _cpus_per_replica(cluster_cpus, replicas, gpu)
+        if num_gpus is None:
+            num_gpus = 1 if gpu else 0
+        if threads is None and not gpu:
+            threads = max(1, int(cluster_cpus) // replicas)
+        size = max_batch or DEFAULT_MAX_BATCH.get(device, 4)
+        # items with equal parameters next to each other, so that batches are mostly one group
+        pending = sorted(plan.pending, key=lambda it: (canonical(it.params), it.line))
+        ds = ray.data.from_items([{"item": it.to_json()} for it in pending])
+        remote = {"num_gpus": num_gpus} if num_gpus else {}
+        ds = ds.map_batches(
+            JobWorker, batch_size=size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=num_cpus,
+            fn_constructor_kwargs={"model": model, "out_dir": str(plan.out.resolve()), "max_batch": size,
+                                   "threads": threads},
+            **remote)
+
+        def run(record) -> None:
+            finished = 0
+            try:
+                for row in ds.iter_rows():
+                    record(json.loads(row["row"]))
+                    finished += 1
+            except (KeyboardInterrupt, JobError):
+                raise
+            except Exception as e:  # noqa: BLE001 - Ray wraps the replica's error in a long report
+                raise JobError(f"the Ray job stopped: {_last_line(e)} ({finished} item(s) finished and "
+                               "recorded; rerun to resume)") from None
+        return run
+
     try:
-        record_line_errors(plan, warn)
-        rows: list[dict] = []
-        t0 = time.perf_counter()
-        if plan.pending:
-            if not ray.is_initialized():
-                if address:
-                    ray.init(address=address, logging_level=logging.WARNING)
-                else:
-                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
-                started = True
-            logging.getLogger("ray.data").setLevel(logging.WARNING)   # our bar counts items
-            ctx = ray.data.DataContext.get_current()
-            if hasattr(ctx, "enable_progress_bars"):
-                ctx.enable_progress_bars = False               # ours below counts items
-            device = _device(model)
-            gpu = device == "cuda"
-            cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            if num_cpus is None:
-                num_cpus = _cpus_per_replica(cluster_cpus, replicas, gpu)
-            if num_gpus is None:
-                num_gpus = 1 if gpu else 0
-            if threads is None and not gpu:
-                threads = max(1, int(cluster_cpus) // replicas)
-            size = max_batch or DEFAULT_MAX_BATCH.get(device, 4)
-            # items with equal parameters next to each other, so that batches are mostly one group
-            pending = sorted(plan.pending, key=lambda it: (_canonical(it.params), it.line))
-            ds = ray.data.from_items([{"item": it.to_json()} for it in pending])
-            remote = {"num_gpus": num_gpus} if num_gpus else {}
-            ds = ds.map_batches(
-                JobWorker, batch_size=size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=num_cpus,
-                fn_constructor_kwargs={"model": model, "out_dir": str(plan.out.resolve()), "max_batch": size,
-                                       "threads": threads},
-                **remote)
-            t0 = time.perf_counter()
-            with _bar(len(pending), quiet) as bar:
-                try:
-                    for row in ds.iter_rows():
-                        rec = json.loads(row["row"])
-                        plan.manifest.append(rec)
-                        rows.append(rec)
-                        bar.update(1)
-                except (KeyboardInterrupt, JobError):
-                    raise
-                except Exception as e:  # noqa: BLE001 - Ray wraps the replica's error in a long report
-                    raise JobError(f"the Ray job stopped: {_last_line(e)} ({len(rows)} item(s) finished and "
-                                   "recorded; rerun to resume)") from None
-        return summarize(plan, rows, time.perf_counter() - t0)
+        return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn)
     finally:
-        plan.close()
         if started:
             ray.shutdown()

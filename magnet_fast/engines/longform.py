@@ -52,22 +52,37 @@ def long_form(duration, extend_stride, *, window_s: float, frame_rate: int, wind
     return (round(duration * frame_rate), stride) if long else None
 
 
+def window_plan(cfg, duration, extend_stride, window_frames: int, default_stride_s: float | None = None):
+    """``long_form`` for a model config: its window is ``cfg.segment_duration`` at ``cfg.frame_rate``,
+    ``window_frames`` the frames one window returns; the default stride is half the window unless
+    ``default_stride_s`` is given. The plan a frontend checks before loading the model."""
+    window_s = cfg.segment_duration
+    return long_form(duration, extend_stride, window_s=window_s, frame_rate=cfg.frame_rate,
+                     window_frames=window_frames,
+                     default_stride_s=window_s / 2 if default_stride_s is None else default_stride_s)
+
+
 def generate_windows(decode_window, prompt: torch.Tensor | None, total: int, window: int, stride: int,
-                     on_window=None) -> torch.Tensor:
+                     on_window=None, short_last: bool = False) -> torch.Tensor:
     """decode_window(prompt [B, K, P] or None) -> tokens [B, K, window] (prompt included). Returns
-    [B, K, total]. on_window(index, n_windows) is called before each window."""
+    [B, K, total]. on_window(index, n_windows) is called before each window.
+
+    short_last=True is audiocraft's MusicGen loop (``magnet_fast.compat``): decode_window(prompt, start) is
+    also told the first frame ``start`` (= index * stride) of its window so that it can make the last one
+    only as long as what is left, and the output is the windows' frames as returned, not cut to ``total``."""
     n = plan(total, window, stride)
     if on_window is not None:
         on_window(0, n)
-    out = decode_window(prompt)
+    out = decode_window(prompt, 0) if short_last else decode_window(prompt)
     parts, produced = [out], out.shape[-1]
     context = window - stride
     for i in range(1, n):
         if on_window is not None:
             on_window(i, n)
         tail = out[..., -context:]
-        out = decode_window(tail.contiguous())
+        out = decode_window(tail.contiguous(), i * stride) if short_last else decode_window(tail.contiguous())
         new = out[..., context:]
         parts.append(new)
         produced += new.shape[-1]
-    return torch.cat(parts, dim=-1)[..., :total]
+    whole = torch.cat(parts, dim=-1)
+    return whole if short_last else whole[..., :total]

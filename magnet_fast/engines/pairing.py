@@ -21,15 +21,20 @@ def check_musicgen(engine, what: str):
     return engine
 
 
-def check_compatible(magnet, other, what: str) -> None:
-    """The MusicGen engine must share MAGNeT's codec token space (codebooks, codebook size, frame rate) and
-    device: ConfigError / ParameterError naming the mismatch."""
-    a, b = magnet.config, other.config
+def check_token_space(a, b, what: str) -> None:
+    """Configs: the MusicGen's (``b``) must share the MAGNeT's (``a``) codec token space (codebooks, codebook
+    size, frame rate): ConfigError naming the mismatch. Checkable before loading (the CLI does)."""
     mine, theirs = (a.n_q, a.card, a.frame_rate), (b.n_q, b.card, b.frame_rate)
     if mine != theirs:
         raise ConfigError(f"{what} has {b.n_q} codebooks x {b.card} codes at {b.frame_rate} Hz but this MAGNeT "
                           f"model has {a.n_q} x {a.card} at {a.frame_rate} Hz: both must use the same codec "
                           "token space (e.g. MAGNeT and MusicGen models on the 32 kHz EnCodec)")
+
+
+def check_compatible(magnet, other, what: str) -> None:
+    """The MusicGen engine must share MAGNeT's codec token space (codebooks, codebook size, frame rate) and
+    device: ConfigError / ParameterError naming the mismatch."""
+    check_token_space(magnet.config, other.config, what)
     if other.device != magnet.device:
         raise ParameterError(f"{what} is on {other.device} but this model is on {magnet.device}; load both on "
                              "the same device")

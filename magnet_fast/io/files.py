@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -205,6 +206,16 @@ def atomic_write_bytes(path: Path, data: bytes, make_parents: bool = False) -> N
     """Write a file through a temporary sibling and a rename: readers never see a partial file."""
     with atomic_file(path, make_parents) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes as 64 hex digits, read in 4 MiB blocks (the one file digest: job
+    manifests, the conversion cache, converted models' provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def looks_like_path(source: str) -> bool:

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 from magnet_fast.errors import CheckpointError
-from magnet_fast.io.files import atomic_write_bytes, looks_like_path
+from magnet_fast.io.files import atomic_write_bytes, looks_like_path, sha256_file
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -242,11 +242,7 @@ def file_digest(path: Path) -> str:
     memo = _read_memo(memo_path)
     if isinstance(memo.get(stamp), str):
         return memo[stamp]
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = f"sha256:{h.hexdigest()}"
+    digest = f"sha256:{sha256_file(real)}"
     memo = {k: v for k, v in _read_memo(memo_path).items() if not k.startswith(f"{real}|")}
     memo[stamp] = digest
     try:

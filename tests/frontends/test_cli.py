@@ -1,4 +1,6 @@
-"""The ``magnet-fast`` CLI run as a subprocess: success paths and every bad input (exit 2, one line)."""
+"""The ``magnet-fast`` CLI: success paths and every bad input (exit 2, one line). Most cases run
+``magnet_fast.cli.main`` in-process (``run_main``: the same exit code and printed lines, without a
+subprocess's interpreter and torch start-up); one case per group runs the real console (``cli``)."""
 from __future__ import annotations
 
 import os
@@ -17,16 +19,22 @@ AC_EXPORT = ROOT / "tests" / "fixtures" / "ac_ref" / "magnet_tiny"
 FAST = ["--steps", "2,1,1,1", "--quiet"]
 
 
+def child_env() -> dict:
+    """The environment of a console run: this checkout's magnet_fast first on the path (not whichever
+    magnet_fast is installed), nothing else of the caller's PYTHONPATH."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(ROOT)}
+
+
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """``python -m magnet_fast.cli`` in a child process: the console contract (exit code, stdout, stderr)."""
+    env = child_env()
     return subprocess.run([sys.executable, "-m", "magnet_fast.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``magnet_fast.cli.main`` in this process, for inputs refused before any model loads: the same exit code
-    and printed lines as the console script, without a subprocess's interpreter and torch start-up (~3 s per
-    case). The success paths and the file-system cases keep their real subprocess."""
+    """``magnet_fast.cli.main`` in this process: the same exit code and printed lines as the console script,
+    without a subprocess's interpreter and torch start-up (~3 s per case)."""
     import contextlib
     import io
 
@@ -52,8 +60,8 @@ def assert_usage_error(proc: subprocess.CompletedProcess, match: str) -> None:
 
 
 def test_generate_demo_writes_wavs(tmp_path):
-    proc = cli("generate", "lo-fi beat with piano", "calm strings", "--seed", "3", *FAST, "--out", "songs",
-               cwd=tmp_path)
+    proc = run_main("generate", "lo-fi beat with piano", "calm strings", "--seed", "3", *FAST, "--out", "songs",
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     files = sorted((tmp_path / "songs").iterdir())
     assert [f.name for f in files] == ["00_lo_fi_beat_with_piano.wav", "01_calm_strings.wav"]
@@ -63,33 +71,33 @@ def test_generate_demo_writes_wavs(tmp_path):
     data, sr = sf.read(files[0])
     assert sr == 32000 and data.shape == (498 * 640,) and np.isfinite(data).all() and np.abs(data).max() > 0
     assert "real-time factor" in proc.stdout and "untrained demo weights" in proc.stderr
-    again = cli("generate", "lo-fi beat with piano", "calm strings", "--seed", "3", *FAST, "--out", "again",
-                cwd=tmp_path)
+    again = run_main("generate", "lo-fi beat with piano", "calm strings", "--seed", "3", *FAST, "--out", "again",
+                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert np.array_equal(sf.read(tmp_path / "again" / files[0].name)[0], data)   # the seed reproduces
-    one = cli("generate", "lo-fi beat with piano", "--seed", "3", *FAST, "--out", "one.wav", cwd=tmp_path)
+    one = cli("generate", "lo-fi beat with piano", "--seed", "3", *FAST, "--out", "one.wav", cwd=tmp_path)  # console
     assert one.returncode == 0, one.stderr
     assert sf.read(tmp_path / "one.wav")[0].shape == data.shape
-    assert_usage_error(cli("generate", "x", *FAST, "--out", "one.wav", cwd=tmp_path), "--force")
-    assert cli("generate", "x", *FAST, "--out", "one.wav", "--force", cwd=tmp_path).returncode == 0
+    assert_usage_error(run_main("generate", "x", *FAST, "--out", "one.wav", cwd=tmp_path), "--force")
+    assert run_main("generate", "x", *FAST, "--out", "one.wav", "--force", cwd=tmp_path).returncode == 0
 
 
 def test_prompts_file_and_tokens_only(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"description": "edm"}\n\n{"description": null}\n')
-    proc = cli("generate", "--prompts-file", "p.jsonl", "--tokens-only", *FAST, "--out", "t.safetensors",
-               cwd=tmp_path)
+    proc = run_main("generate", "--prompts-file", "p.jsonl", "--tokens-only", *FAST, "--out", "t.safetensors",
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from safetensors.torch import load_file
     assert list(load_file(str(tmp_path / "t.safetensors"))["tokens"].shape) == [2, 4, 498]
 
 
 def test_convert_and_info(tmp_path):
-    proc = cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path)
+    proc = cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path)                  # the console run
     assert proc.returncode == 0, proc.stderr
-    info = cli("info", "conv", cwd=tmp_path)
+    info = run_main("info", "conv", cwd=tmp_path)
     assert info.returncode == 0 and "0.4 M parameters (F16)" in info.stdout, info.stdout
-    assert_usage_error(cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path), "already exists")
-    assert_usage_error(cli("convert", str(tmp_path), "x", cwd=tmp_path), "state_dict.bin not found")
+    assert_usage_error(run_main("convert", str(AC_EXPORT), "conv", cwd=tmp_path), "already exists")
+    assert_usage_error(run_main("convert", str(tmp_path), "x", cwd=tmp_path), "state_dict.bin not found")
 
 
 @pytest.mark.parametrize("args, match", [
@@ -118,17 +126,17 @@ def test_bad_input(tmp_path, args, match):
 
 def test_bad_prompt_audio(tmp_path):
     sf.write(tmp_path / "long.wav", np.zeros(32000 * 11, dtype=np.float32), 32000)
-    assert_usage_error(cli("generate", "x", *FAST, "--prompt-audio", "long.wav", cwd=tmp_path),
+    assert_usage_error(run_main("generate", "x", *FAST, "--prompt-audio", "long.wav", cwd=tmp_path),
                        "must be shorter than the model's 10 s")
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
-    assert_usage_error(cli("generate", "x", *FAST, "--prompt-audio", "junk.wav", cwd=tmp_path),
+    assert_usage_error(run_main("generate", "x", *FAST, "--prompt-audio", "junk.wav", cwd=tmp_path),
                        "not readable audio")
     assert not list(tmp_path.glob("outputs/*.wav"))
 
 
 def test_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("I am a file")
-    assert_usage_error(cli("generate", "x", *FAST, "--out", "file/sub", cwd=tmp_path), "cannot be created")
+    assert_usage_error(run_main("generate", "x", *FAST, "--out", "file/sub", cwd=tmp_path), "cannot be created")
 
 
 def test_output_names_are_sanitised():
@@ -141,6 +149,45 @@ def test_output_names_are_sanitised():
 
 
 def test_info_on_damaged_model(tmp_path):
-    assert cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
+    assert run_main("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
     (tmp_path / "conv" / "model.safetensors").unlink()
-    assert_usage_error(cli("info", "conv", cwd=tmp_path), "missing or unreadable")
+    assert_usage_error(run_main("info", "conv", cwd=tmp_path), "missing or unreadable")
+
+
+def test_engine_registry_is_the_one_place_the_kind_is_read(tmp_path):
+    """magnet_fast.engines.registry: config.json's kind -> the engine class (the one that loads that folder), its
+    loader for batch jobs, and the pre-load checks the CLI runs (the engine's own ParameterErrors)."""
+    import json
+    import shutil
+    import warnings
+
+    import magnet_fast as mf
+    from magnet_fast.config import ENGINES, KINDS, MagnetConfig
+    from magnet_fast.engines import registry
+    from magnet_fast.errors import ConfigError, ParameterError
+    mg = DEMO.parent / "musicgen-tiny-demo"
+    assert tuple(registry.ENGINES) == KINDS
+    assert registry.engine_for(DEMO) is mf.MagnetFast and registry.engine_for(str(mg)) is mf.MusicGenFast
+    assert registry.engine_for(MagnetConfig.load(mg)) is mf.MusicGenFast
+    for kind, entry in registry.ENGINES.items():
+        assert entry.engine().KIND == kind and entry.engine().__name__ == ENGINES[kind] and entry.kind == kind
+    # the checks: the window's seconds, or the engine's own error for the same value
+    assert registry.entry_for(DEMO).check(MagnetConfig.load(DEMO), {"duration": 25.0}) == 10.0
+    assert registry.entry_for(mg).check(MagnetConfig.load(mg), {"duration": 4.0}) == 4.0
+    assert registry.entry_for(mg).check(MagnetConfig.load(mg), {"duration": 45.0}) == 30.0     # long-form window
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)                  # the demos' "untrained weights" notice
+        engines = {folder: registry.engine_for(folder).from_pretrained(folder) for folder in (DEMO, mg)}
+    for folder, params in ((DEMO, {"decoding_steps": [1, 1]}), (DEMO, {"duration": 20.0, "extend_stride": 10.0}),
+                           (mg, {"top_k": 5000}), (mg, {"duration": 40.0, "extend_stride": 31.0})):
+        with pytest.raises(ParameterError) as checked:
+            registry.entry_for(folder).check(MagnetConfig.load(folder), params)
+        with pytest.raises(ParameterError) as engine:
+            engines[folder].generate_tokens(["x"], **params)
+        assert str(checked.value) == str(engine.value)
+    bad = tmp_path / "bad"
+    shutil.copytree(DEMO, bad, ignore=shutil.ignore_patterns("t5", "codec", "*.safetensors"))
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "kind": "audiogen"}))
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        registry.engine_for(bad)

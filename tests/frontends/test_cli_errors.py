@@ -1,5 +1,6 @@
-"""Hostile input to the ``magnet-fast`` CLI (subprocess): one error line, exit 2, nothing destroyed or
-left behind, everything checkable refused before the model loads."""
+"""Hostile input to the ``magnet-fast`` CLI: one error line, exit 2, nothing destroyed or left behind,
+everything checkable refused before the model loads. In-process ``main`` (``run_main``) except one console
+run per group (``cli``) and the memory measurement (one child process per run)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.frontends.test_cli import AC_EXPORT, FAST, assert_usage_error, cli, run_main
+
+from tests.frontends.test_cli import AC_EXPORT, FAST, assert_usage_error, child_env, cli, run_main
 
 sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: the CLI writes WAVs with it")
 
@@ -39,7 +41,7 @@ def test_argparse_errors_are_one_line(tmp_path, args, match):
 
 
 def test_help_still_works(tmp_path):
-    proc = cli("generate", "--help", cwd=tmp_path)
+    proc = run_main("generate", "--help", cwd=tmp_path)
     assert proc.returncode == 0 and "usage: magnet-fast generate" in proc.stdout
 
 
@@ -50,7 +52,8 @@ def test_convert_force_refuses_a_foreign_folder_and_a_file(tmp_path):
     (photos / "holiday.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (photos / "album").mkdir()
     (photos / "album" / "b.jpg").write_bytes(b"b")
-    assert_one_line(cli("convert", str(AC_EXPORT), "photos", "--force", cwd=tmp_path), "not a converted model folder")
+    assert_one_line(cli("convert", str(AC_EXPORT), "photos", "--force", cwd=tmp_path),     # the console run
+                    "not a converted model folder")
     assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*")) == ["album", "album/b.jpg",
                                                                                   "holiday.jpg"]
     assert (photos / "holiday.jpg").read_bytes() == b"\xff\xd8 not really a jpeg"
@@ -58,19 +61,20 @@ def test_convert_force_refuses_a_foreign_folder_and_a_file(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text('{"model_type": "t5"}')
     (tmp_path / "other" / "model.safetensors").write_bytes(b"x")
-    assert_one_line(cli("convert", str(AC_EXPORT), "other", "--force", cwd=tmp_path), "not a converted model folder")
+    assert_one_line(run_main("convert", str(AC_EXPORT), "other", "--force", cwd=tmp_path),
+                    "not a converted model folder")
     assert (tmp_path / "other" / "config.json").read_text() == '{"model_type": "t5"}'
     (tmp_path / "notes.txt").write_text("keep me")
-    assert_one_line(cli("convert", str(AC_EXPORT), "notes.txt", "--force", cwd=tmp_path), "is not a folder")
+    assert_one_line(run_main("convert", str(AC_EXPORT), "notes.txt", "--force", cwd=tmp_path), "is not a folder")
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other", "photos"]   # no temp folders
 
 
 def test_convert_force_replaces_a_converted_folder(tmp_path):
-    assert cli("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
-    proc = cli("convert", str(AC_EXPORT), "conv", "--force", "--dtype", "float32", cwd=tmp_path)
+    assert run_main("convert", str(AC_EXPORT), "conv", cwd=tmp_path).returncode == 0
+    proc = run_main("convert", str(AC_EXPORT), "conv", "--force", "--dtype", "float32", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "F32" in cli("info", "conv", cwd=tmp_path).stdout
+    assert "F32" in run_main("info", "conv", cwd=tmp_path).stdout
 
 
 # ---------------------------------------------------------------- 3. prompts file and --steps
@@ -102,13 +106,13 @@ def test_empty_flag_values_are_refused(tmp_path, flag, match):
 def test_output_under_a_file_or_onto_a_folder(tmp_path):
     (tmp_path / "file").write_text("I am a file")
     for out in ("file/x.wav", "file/sub", "file/a/b/c.wav"):
-        proc = cli("generate", "x", *FAST, "--out", out, cwd=tmp_path)
+        proc = (cli if out == "file/x.wav" else run_main)("generate", "x", *FAST, "--out", out, cwd=tmp_path)
         assert_one_line(proc, "file is a file, not a folder")
         assert LOADED not in proc.stderr
-    proc = cli("generate", "x", *FAST, "--tokens-only", "--out", "file/t.safetensors", cwd=tmp_path)
+    proc = run_main("generate", "x", *FAST, "--tokens-only", "--out", "file/t.safetensors", cwd=tmp_path)
     assert_one_line(proc, "file is a file, not a folder")
     (tmp_path / "d.wav").mkdir()
-    proc = cli("generate", "x", *FAST, "--out", "d.wav", "--force", cwd=tmp_path)
+    proc = run_main("generate", "x", *FAST, "--out", "d.wav", "--force", cwd=tmp_path)
     assert_one_line(proc, "d.wav is a folder")
     assert LOADED not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.wav", "file"]
@@ -134,17 +138,17 @@ def tiny_fs(tmp_path):
 @pytest.mark.parametrize("out", ["x.wav", "sub/deeper", "tok/t.safetensors"])
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, tiny_fs, out):
     extra = ["--tokens-only"] if out.endswith(".safetensors") else []
-    proc = cli("generate", "x", *FAST, *extra, "--out", str(tiny_fs / out), cwd=tmp_path)
+    proc = run_main("generate", "x", *FAST, *extra, "--out", str(tiny_fs / out), cwd=tmp_path)
     assert_one_line(proc, "no space left on device")
     assert list(tiny_fs.iterdir()) == []              # no partial file, no temp file, no new folder
 
 
 # ---------------------------------------------------------------- 5. nothing left behind
 def test_failure_after_loading_leaves_no_output_folder(tmp_path):
-    proc = cli("generate", "x", *FAST, "--codec", "no/such-codec", "--out", "newdir", cwd=tmp_path)
+    proc = cli("generate", "x", *FAST, "--codec", "no/such-codec", "--out", "newdir", cwd=tmp_path)  # console
     assert_one_line(proc, "no/such-codec")
     assert LOADED in proc.stderr                      # it failed past the early checks
-    proc = cli("generate", "x", *FAST, "--codec", "no/such-codec", cwd=tmp_path)   # default ./outputs
+    proc = run_main("generate", "x", *FAST, "--codec", "no/such-codec", cwd=tmp_path)   # default ./outputs
     assert_one_line(proc, "no/such-codec")
     assert list(tmp_path.iterdir()) == []
 
@@ -173,7 +177,7 @@ def _peak_rss_mb(tmp_path, n_prompts: int) -> float:
     prompts.write_text("\n".join(f"calm piano {i}" for i in range(n_prompts)) + "\n")
     code = ("import resource, sys; from magnet_fast.cli import main; rc = main(sys.argv[1:]); "
             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-c", code, "generate", "--prompts-file", str(prompts), "--steps",
                            "2,1,1,1", "--quiet", "--seed", "1", "--out", str(tmp_path / f"out{n_prompts}")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -195,8 +199,8 @@ def test_cli_chunks_continue_one_stream_like_the_api_max_batch(tmp_path):
     import magnet_fast as mf
     from magnet_fast.demo import DEMO_MODEL
     texts = [f"calm piano {i}" for i in range(5)]
-    proc = cli("generate", *texts, "--seed", "3", "--steps", "2,1,1,1", "--quiet", "--max-batch", "2",
-               "--tokens-only", "--out", "t.safetensors", cwd=tmp_path)
+    proc = run_main("generate", *texts, "--seed", "3", "--steps", "2,1,1,1", "--quiet", "--max-batch", "2",
+                    "--tokens-only", "--out", "t.safetensors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from safetensors.torch import load_file
     got = load_file(str(tmp_path / "t.safetensors"))["tokens"]
@@ -223,7 +227,7 @@ def test_broken_t5_in_the_model_folder_is_one_line(tmp_path, damage):
     else:
         torch.save(load_file(str(weights)), model / "t5" / "pytorch_model.bin")
         weights.unlink()
-    proc = cli("generate", "x", *FAST, "--model", str(model), cwd=tmp_path)
+    proc = run_main("generate", "x", *FAST, "--model", str(model), cwd=tmp_path)
     assert_usage_error(proc, "T5 encoder")
     assert not list(tmp_path.glob("outputs*"))
 
@@ -240,13 +244,13 @@ def test_info_validates_like_generate(tmp_path):
     cfg = json.loads((model / "config.json").read_text())
     cfg["num_layers"] += 3
     (model / "config.json").write_text(json.dumps(cfg))
-    assert_usage_error(cli("info", str(model), cwd=tmp_path), "layer")
-    assert cli("info", str(DEMO_MODEL), cwd=tmp_path).returncode == 0
+    assert_usage_error(run_main("info", str(model), cwd=tmp_path), "layer")
+    assert run_main("info", str(DEMO_MODEL), cwd=tmp_path).returncode == 0
 
 
 def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_fs):
     """A conversion that runs out of space (8 KiB tmpfs): one "no space left on device" line, exit 2, and
     neither the output folder nor a temp folder is left on that disk."""
-    proc = cli("convert", str(AC_EXPORT), str(tiny_fs / "conv"), cwd=tmp_path)
+    proc = run_main("convert", str(AC_EXPORT), str(tiny_fs / "conv"), cwd=tmp_path)
     assert_usage_error(proc, "no space left on device")
     assert list(tiny_fs.iterdir()) == []

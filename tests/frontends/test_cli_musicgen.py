@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: the CLI writes WAVs with it")
 
+from tests.frontends.test_cli import cli, run_main  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 MG_DEMO = ROOT / "magnet_fast" / "demo" / "musicgen-tiny-demo"
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "magnet_fast.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def one_error_line(proc, match: str) -> None:
@@ -52,22 +46,22 @@ def main_in_process(*args: str, cwd: Path, capsys) -> _Done:
 
 
 def test_musicgen_generate_writes_wavs_of_the_requested_duration(tmp_path):
-    proc = cli("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
-               "--top-k", "50", "--cfg", "4", "--quiet", "--out", "out", cwd=tmp_path)
+    proc = run_main("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
+                    "--top-k", "50", "--cfg", "4", "--quiet", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     files = sorted((tmp_path / "out").iterdir())
     assert [f.name for f in files] == ["00_calm_piano.wav", "01_edm.wav"]
     wav, rate = sf.read(files[0])
     assert rate == 32000 and len(wav) == int(0.42 * 50) * 640            # int(duration * 50) frames
-    again = cli("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed", "1",
-                "--top-k", "50", "--cfg", "4", "--quiet", "--out", "again", cwd=tmp_path)
+    again = run_main("generate", "--model", str(MG_DEMO), "calm piano", "edm", "--duration", "0.42", "--seed",
+                     "1", "--top-k", "50", "--cfg", "4", "--quiet", "--out", "again", cwd=tmp_path)
     assert again.returncode == 0
     assert (tmp_path / "again" / "00_calm_piano.wav").read_bytes() == files[0].read_bytes()
 
 
 def test_musicgen_two_step_greedy_tokens_only(tmp_path):
-    proc = cli("generate", "--model", str(MG_DEMO), "x", "--duration", "0.2", "--two-step-cfg", "--greedy",
-               "--tokens-only", "--quiet", "--out", "t.safetensors", cwd=tmp_path)
+    proc = run_main("generate", "--model", str(MG_DEMO), "x", "--duration", "0.2", "--two-step-cfg", "--greedy",
+                    "--tokens-only", "--quiet", "--out", "t.safetensors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from safetensors.torch import load_file
     assert list(load_file(str(tmp_path / "t.safetensors"))["tokens"].shape) == [1, 4, 10]
@@ -106,9 +100,9 @@ DEMO = ROOT / "magnet_fast" / "demo" / "magnet-tiny-demo"
 
 def test_hybrid_and_rescoring_from_the_cli(tmp_path):
     """The bundled MAGNeT demo with the bundled MusicGen demo as its AR prefix and its rescorer."""
-    proc = cli("generate", "calm piano", "--hybrid", str(MG_DEMO), "--hybrid-seconds", "0.5", "--rescore",
-               str(MG_DEMO), "--rescore-weight", "0.5", "--steps", "2,1,1,1", "--seed", "2", "--tokens-only",
-               "--quiet", "--out", "t.safetensors", cwd=tmp_path)
+    proc = run_main("generate", "calm piano", "--hybrid", str(MG_DEMO), "--hybrid-seconds", "0.5", "--rescore",
+                    str(MG_DEMO), "--rescore-weight", "0.5", "--steps", "2,1,1,1", "--seed", "2", "--tokens-only",
+                    "--quiet", "--out", "t.safetensors", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from safetensors.torch import load_file
     tokens = load_file(str(tmp_path / "t.safetensors"))["tokens"]
@@ -119,8 +113,8 @@ def test_hybrid_and_rescoring_from_the_cli(tmp_path):
 
 
 def test_magnet_long_form_from_the_cli(tmp_path):
-    proc = cli("generate", "x", "--duration", "12.5", "--extend-stride", "5", "--steps", "2,1,1,1", "--seed", "1",
-               "--quiet", "--out", "long.wav", cwd=tmp_path)
+    proc = run_main("generate", "x", "--duration", "12.5", "--extend-stride", "5", "--steps", "2,1,1,1", "--seed",
+                    "1", "--quiet", "--out", "long.wav", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sf.info(str(tmp_path / "long.wav")).frames == round(12.5 * 50) * 640
 

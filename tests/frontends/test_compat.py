@@ -260,8 +260,12 @@ def test_generate_continuation(magnet10):
     encoded = m.engine.prompt_tokens(prompt, 2, 44100)               # resampled to 32 kHz, mixed to mono
     assert tokens.shape == (2, 4, 498) and torch.equal(tokens[..., : encoded.shape[-1]], encoded)
     torch.manual_seed(7)
-    direct = m.engine.generate_tokens(["calm piano", None], prompt=encoded,
-                                      **compat.MAGNeT._engine_kwargs(m.generation_params))
+    gp = m.generation_params                                       # audiocraft's names -> the engine's
+    direct = m.engine.generate_tokens(["calm piano", None], prompt=encoded, use_sampling=gp["use_sampling"],
+                                      temperature=gp["temp"], top_k=gp["top_k"], top_p=gp["top_p"],
+                                      max_cfg_coef=gp["max_cfg_coef"], min_cfg_coef=gp["min_cfg_coef"],
+                                      decoding_steps=gp["decoding_steps"], span_arrangement=gp["span_arrangement"],
+                                      anneal_temp=True, span_scoring="max")
     assert torch.equal(tokens, direct)
     assert wav.shape == (2, 1, 498 * 640)
     # [C, T] is one row; descriptions default to unconditional
@@ -453,12 +457,6 @@ def test_unsupported_musicgen_variants():
         compat.MultiBandDiffusion.get_mbd_musicgen()
 
 
-@pytest.mark.skipif(hasattr(magnet_fast, "MusicGenFast"), reason="magnet_fast.MusicGenFast exists")
-def test_musicgen_without_engine_is_one_error(fake):
-    with pytest.raises(ConfigError, match="MusicGenFast"):
-        compat.MusicGen.get_pretrained("facebook/musicgen-small")
-
-
 # ============================================================================================ MusicGen
 @pytest.mark.skipif(not HAS_MUSICGEN, reason="needs magnet_fast.MusicGenFast and tests/fixtures/ac_musicgen")
 def test_wrong_class_for_the_model(fake):
@@ -489,13 +487,16 @@ class FakeARengine:
 
     def generate_tokens(self, descriptions, *, prompt=None, duration=None, use_sampling=None, temperature=None,
                         top_k=None, top_p=None, cfg_coef=None, two_step_cfg=None, progress=False, seed=None,
-                        generator=None, max_batch=None):
+                        generator=None, max_batch=None, callback=None):
         self.calls.append({"prompt": None if prompt is None else prompt.clone(), "duration": duration,
                            "temperature": temperature, "top_k": top_k, "cfg_coef": cfg_coef, "progress": progress,
                            "two_step_cfg": two_step_cfg})
         n = int(duration * 50)
         p = 0 if prompt is None else prompt.shape[-1]
         new = torch.full((len(descriptions), 4, n - p), len(self.calls), dtype=torch.long)
+        for i in range(n - p):                    # callback(done, total) after every step, as MusicGenFast
+            if callback is not None:
+                callback(i + 1, n - p)
         return new if prompt is None else torch.cat([prompt, new], -1)
 
     def decode(self, tokens):
@@ -503,16 +504,6 @@ class FakeARengine:
 
     def prompt_tokens(self, prompt, batch, rate):
         return torch.zeros(batch, 4, int(prompt.shape[-1] / rate * 50) + 1, dtype=torch.long)
-
-
-class FakeARengineWithCallback(FakeARengine):
-    """An engine whose generate_tokens takes callback=(done, total), called every step."""
-
-    def generate_tokens(self, descriptions, *, callback=None, **kw):
-        out = super().generate_tokens(descriptions, **kw)
-        for i in range(out.shape[-1]):
-            callback(i + 1, out.shape[-1])
-        return out
 
 
 def test_musicgen_settings_and_extension():
@@ -543,23 +534,24 @@ def test_musicgen_settings_and_extension():
         m.generate_continuation(torch.zeros(1, 1, 32000 * 3), 32000)
 
 
-def test_musicgen_progress():
+def test_musicgen_progress(capsys):
     engine = FakeARengine()
     m = compat.MusicGen("facebook/musicgen-small", engine)
     m.set_generation_params(duration=1)
     m.generate(["x"], progress=True)
-    assert engine.calls[-1]["progress"] is True            # the engine's own display
+    assert engine.calls[-1]["progress"] is False             # audiocraft's display, not the engine's bar
+    assert capsys.readouterr().out.split("\r")[-2] == f"{50: 6d} / {50: 6d}"
     calls = []
     m.set_custom_progress_callback(lambda d, t: calls.append((d, t)))
     m.generate(["x"], progress=True)
-    assert calls == [(50, 50)]                               # no per-step hook: once per window
-    engine = FakeARengineWithCallback()
-    m = compat.MusicGen("facebook/musicgen-small", engine)
-    m.set_generation_params(duration=1)
-    calls = []
-    m.set_custom_progress_callback(lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 50) for i in range(1, 51)]          # the engine's callback=: every step
+    calls.clear()
+    m.generate(["x"])
+    assert calls == []                                       # progress=False: no report
+    m.set_generation_params(duration=40)                     # long-form: counted from each window's start
     m.generate(["x"], progress=True)
-    assert calls == [(i, 50) for i in range(1, 51)]          # an engine with callback=: every step
+    assert calls[:1500] == [(i, 1500) for i in range(1, 1501)]
+    assert calls[1500:] == [(900 + i, 500) for i in range(1, 501)]
 
 
 @pytest.mark.skipif(not HAS_MUSICGEN, reason="needs magnet_fast.MusicGenFast and tests/fixtures/ac_musicgen")

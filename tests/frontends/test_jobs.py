@@ -18,6 +18,7 @@ import torch
 
 from magnet_fast import jobs
 from magnet_fast.jobs import JobError, JobWarning, Manifest, parse_job, run_job
+from tests.frontends.test_cli import child_env, run_main
 
 sf = pytest.importorskip("soundfile", reason="soundfile (and its cffi) not installed: jobs write WAVs")
 
@@ -232,19 +233,12 @@ def test_failed_items_are_recorded_and_the_job_goes_on(model, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- CLI
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "magnet_fast.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_cli_kill_9_leaves_no_partial_output_and_resumes(model, tmp_path):
     items = [{"id": f"item-{i}", "text": f"song number {i}"} for i in range(6)]
     items.insert(3, {"id": "bad", "text": "x", "max_cfg_coef": 1e39})
     job = write_job(tmp_path / "job.jsonl", items)
     args = ["batch", "job.jsonl", "--out", "out", "--steps", "2,1,1,1", "--max-batch", "1", "--quiet"]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([sys.executable, "-m", "magnet_fast.cli", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "magnet_fast.cli", *args], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest = tmp_path / "out" / "manifest.jsonl"
     deadline = time.monotonic() + 120
@@ -264,7 +258,7 @@ def test_cli_kill_9_leaves_no_partial_output_and_resumes(model, tmp_path):
     for wav in (tmp_path / "out").glob("*.wav"):                         # no partial WAV
         assert sf.info(str(wav)).frames == SAMPLES
 
-    resumed = cli(*args, "--threads", "1", cwd=tmp_path)
+    resumed = run_main(*args, "--threads", "1", cwd=tmp_path)              # in-process (the kill: a console)
     assert resumed.returncode == 1, resumed.stderr                       # the 'bad' item failed
     done_before = sum(r["status"] == "done" for r in complete)
     summary = f"{6 - done_before} done, {done_before} skipped (already done), 1 failed of 7 items"
@@ -315,12 +309,9 @@ def test_cli_batch_on_a_musicgen_model_follows_the_config_kind(tmp_path):
     mg = ROOT / "magnet_fast" / "demo" / "musicgen-tiny-demo"
     job = write_job(tmp_path / "job.jsonl", [{"id": "p", "text": "calm piano", "duration": 0.3, "seed": 3},
                                              {"id": "q", "text": "edm", "duration": 0.2}])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
     def batch(*args):
-        return subprocess.run([sys.executable, "-m", "magnet_fast.cli", "batch", str(job), "--out",
-                               str(tmp_path / "out"), "--model", str(mg), "--quiet", *args], capture_output=True,
-                              text=True, env=env, timeout=300)
+        return run_main("batch", str(job), "--out", str(tmp_path / "out"), "--model", str(mg), "--quiet", *args,
+                        cwd=tmp_path)
     proc = batch("--top-k", "50", "--cfg", "4")
     assert proc.returncode == 0, proc.stderr
     rows = {r["id"]: r for r in records(tmp_path / "out")}

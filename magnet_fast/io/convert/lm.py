@@ -8,7 +8,6 @@ must be present, every shape is checked against the geometry read from ``xp.cfg`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from magnet_fast.errors import CheckpointError, ConfigError
 from magnet_fast.io.convert.codec import convert_codec
 from magnet_fast.io.convert.xpcfg import XpConfig, load_xp_yaml
 from magnet_fast.io.convert.zipcheck import check_zip_sizes
-from magnet_fast.io.files import atomic_dir, load_pickle_safely
+from magnet_fast.io.files import atomic_dir, load_pickle_safely, sha256_file
 from magnet_fast.params import MUSICGEN_DEFAULT_DURATION, ARParams, SamplingParams
 
 LM_FILE = "state_dict.bin"
@@ -218,14 +217,6 @@ def check_counts(best_state: dict, n_q: int, num_layers: int, where: str) -> Non
                                   "the weights and xp.cfg do not belong together")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def map_state(best_state: dict, cfg: MagnetConfig, dtype: torch.dtype | None, where: str) -> dict:
     """Source state dict -> runtime tensors, strictly (no missing, no unknown, no wrong shapes)."""
     expected = source_shapes(cfg)
@@ -286,7 +277,7 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
     tensors = map_state(best_state, cfg, DTYPES.get(dtype) if dtype else None, str(lm_path))
     stored = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
     cfg = dataclasses.replace(cfg, weights_dtype=stored[0] if len(stored) == 1 else "mixed", source={
-        "file": LM_FILE, "sha256": _sha256(lm_path), "audiocraft_version": str(pkg.get("version", "")),
+        "file": LM_FILE, "sha256": sha256_file(lm_path), "audiocraft_version": str(pkg.get("version", "")),
         "keys": len(best_state), "parameters": sum(t.numel() for t in best_state.values())})
     codec_path = lm_path.parent / CODEC_FILE
     with atomic_dir(out, overwrite=overwrite) as tmp:
