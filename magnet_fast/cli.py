@@ -381,6 +381,7 @@ def add_batch_parser(sub) -> None:
     b.add_argument("--allow-download", action="store_true")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (per replica with --ray)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--force", action="store_true", help="replace files in --out that the manifest does not know")
     b.add_argument("--ray", action="store_true", help="run on Ray Data (pip install -e \".[ray]\")")
     b.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
     b.add_argument("--replicas", type=int, help="model replicas with --ray (default 1; one per GPU on CUDA)")
@@ -439,10 +440,10 @@ def cmd_batch(args) -> int:
         from magnet_fast.ray_jobs import run_ray_job
         summary = run_ray_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
                               replicas=args.replicas or 1, address=args.ray_address, threads=args.threads,
-                              quiet=args.quiet, warn=warn)
+                              quiet=args.quiet, warn=warn, force=args.force)
     else:
         summary = run_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
-                          threads=args.threads, quiet=args.quiet, warn=warn)
+                          threads=args.threads, quiet=args.quiet, warn=warn, force=args.force)
     print(summary.line())
     if summary.failed:
         shown = ", ".join(repr(i) if i is not None else "(line)" for i in summary.failed_ids[:5])

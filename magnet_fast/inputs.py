@@ -83,6 +83,20 @@ def check_generator(generator, device: torch.device):
     return generator
 
 
+MAX_THREADS = 1024
+
+
+def check_threads(threads) -> int | None:
+    """torch CPU threads: None or 1..min(MAX_THREADS, 4 x the CPUs) (100000 threads crash OpenMP)."""
+    import os
+    if threads is None:
+        return None
+    most = min(MAX_THREADS, 4 * (os.cpu_count() or 1))
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most:
+        raise ParameterError(f"threads must be an integer in 1..{most} (4 x this machine's CPUs), got {threads!r}")
+    return threads
+
+
 def check_max_batch(max_batch) -> int | None:
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ParameterError(f"max_batch must be a positive integer, got {max_batch!r}")

@@ -96,7 +96,7 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
                 defaults: dict | None = None, max_batch: int | None = None, replicas: int = 1,
                 address: str | None = None, threads: int | None = None, num_cpus: float | None = None,
                 num_gpus: float | None = None, quiet: bool = True,
-                warn: Callable[[str], None] | None = None) -> JobSummary:
+                warn: Callable[[str], None] | None = None, force: bool = False) -> JobSummary:
     """Run a job file on Ray Data; same outputs, manifest and resumability as ``jobs.run_job``.
 
     model: a ``ModelSpec`` (or a picklable zero-argument callable) that each replica loads once.
@@ -114,7 +114,7 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
         raise JobError("run_ray_job needs a ModelSpec (or a zero-argument callable) that each replica loads; "
                        "a loaded model cannot be shipped to the replicas")
     warn = warn or _default_warn
-    plan = prepare(job, out, defaults, warn)
+    plan = prepare(job, out, defaults, warn, force=force, model=model)
     started = False
     try:
         record_line_errors(plan, warn)
