@@ -130,6 +130,8 @@ class MagnetFast(Engine):
             if prompt is not None:
                 raise ParameterError("hybrid generates MAGNeT's prompt itself: pass prompt (or prompt_audio) or "
                                      "hybrid, not both")
+            from magnet_fast.inputs import check_hybrid_fits
+            check_hybrid_fits(hybrid_seconds, duration, self.duration, self.frame_rate)   # issue 24
             plan = HybridPlan(self, hybrid, hybrid_seconds, hybrid_params, frames)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)

@@ -30,6 +30,17 @@ def output_paths(out: Path | None, prompts: list[str | None], default_dir: Path)
     return [folder / f"{i:0{width}d}_{slug(p)}.wav" for i, p in enumerate(prompts)]
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
+
+
+def check_tokens_out(out: Path) -> None:
+    """``--tokens-only --out``: a .safetensors file or a folder; an audio file name is refused (it would
+    otherwise become a folder named ``x.wav``)."""
+    if out.suffix.lower() in AUDIO_SUFFIXES:
+        raise ParameterError(f"--tokens-only writes tokens: --out {out} names an audio file; pass a .safetensors "
+                             "file or a folder")
+
+
 def missing_folders(path: Path) -> list[Path]:
     """The folders above ``path`` that do not exist yet, outermost first (what writing it would create)."""
     missing = []

@@ -52,19 +52,16 @@ def read_prompts(args) -> list[str | None]:
     """Prompts from the command line and --prompts-file; --unconditional turns each into None."""
     prompts: list[str | None] = list(args.prompts)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"prompts file {path} is not readable text ({e})") from None
+        from magnet_fast._io import check_path, parse_json, read_lines
+        path = check_path(args.prompts_file, "--prompts-file", UsageError)
+        lines = read_lines(path, what="prompts file", error=UsageError)   # regular, bounded, split on \n only
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UsageError(f"{path}:{n} is not valid JSON") from None
+                item, why = parse_json(line)
+                if why is not None:
+                    raise UsageError(f"{path}:{n} is {why}")
                 prompts.append(_jsonl_prompt(item, f"{path}:{n}"))
             else:
                 prompts.append(line.strip())
@@ -163,6 +160,9 @@ def check_paired_models(args, cfg) -> None:
     if h is not None and not 0.0 < h < cfg.segment_duration:
         raise UsageError(f"--hybrid-seconds must be in (0, {cfg.segment_duration:g}) (the MAGNeT model's "
                          f"duration), got {h}")
+    if args.hybrid is not None:
+        from magnet_fast.inputs import check_hybrid_fits
+        check_hybrid_fits(3.0 if h is None else h, args.duration, cfg.segment_duration, cfg.frame_rate)
     for flag, folder in (("--hybrid", args.hybrid), ("--rescore", args.rescore)):
         if folder is None:
             continue
@@ -234,6 +234,9 @@ def cmd_generate(args) -> int:
     if args.prompt_audio:
         audio_info(args.prompt_audio, length)                   # kind and length from the header
     out = Path(args.out) if args.out else None
+    if args.tokens_only and out is not None:
+        from magnet_fast.audio import check_tokens_out
+        check_tokens_out(out)                                    # x.wav is not a folder for tokens
     if args.tokens_only:
         paths = [out if out is not None and out.suffix == ".safetensors"
                  else (out or Path("outputs")) / "tokens.safetensors"]

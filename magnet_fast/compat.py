@@ -390,11 +390,8 @@ class MAGNeT(_GenModel):
                               decoding_steps=(20, 10, 10, 10), span_arrangement: str = "nonoverlap") -> None:
         """audiocraft's MAGNeT settings, with its defaults (``decoding_steps`` per codebook; top_p > 0 wins
         over top_k). Checked now: a bad value is a ParameterError here, not at generation."""
-        try:
-            steps = [int(s) for s in decoding_steps]
-        except (TypeError, ValueError):
-            raise ParameterError(f"decoding_steps must be a list of {self.lm.n_q} integers, got "
-                                 f"{decoding_steps!r}") from None
+        from magnet_fast.inputs import check_steps_list
+        steps = check_steps_list(decoding_steps, self.lm.n_q)          # '20', 10.9, True refused, not cast
         params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
                   "max_cfg_coef": max_cfg_coef, "min_cfg_coef": min_cfg_coef, "decoding_steps": steps,
                   "span_arrangement": span_arrangement}

@@ -35,9 +35,10 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
-from magnet_fast._io import atomic_write_bytes, looks_like_path
+from magnet_fast._io import atomic_write_bytes, looks_like_path, verify_digests
 from magnet_fast.errors import CheckpointError
 
 LM_FILE = "state_dict.bin"
@@ -197,9 +198,14 @@ def _slug(label: str) -> str:
 def _converted(files: dict[str, Path], label: str) -> Path:
     from magnet_fast.convert import convert
     out = converted_root() / f"{_slug(label)}-{cache_key(files)}"
-    if is_converted(out):
-        log.debug("magnet_fast: using the converted %s at %s", label, out)
-        return out
+    if out.exists() or out.is_symlink():
+        why = verify_digests(out) if out.is_dir() and not out.is_symlink() else "not a folder"
+        if why is None:
+            log.debug("magnet_fast: using the converted %s at %s", label, out)
+            return out
+        warnings.warn(f"magnet_fast: the converted cache entry {out} is damaged ({why}); reconverting it from "
+                      f"{label}", UserWarning, stacklevel=3)
+        _set_aside(out)
     log.info("magnet_fast: converting %s once into %s", label, out)
     staging = None
     src = files[LM_FILE].parent
@@ -223,6 +229,17 @@ def _converted(files: dict[str, Path], label: str) -> Path:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _set_aside(out: Path) -> None:
+    """Move a damaged cache entry out of the way (one rename, so a reader never sees it half removed), then
+    delete it; the conversion that follows writes a fresh one atomically."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=_parent_for(out)))
+    try:
+        os.replace(out, old / out.name)
+    except FileNotFoundError:                    # another process set it aside first
+        pass
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _parent_for(out: Path) -> Path:

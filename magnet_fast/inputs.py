@@ -115,8 +115,8 @@ def prompt_audio_tensor(prompt_audio, batch: int, sample_rate: int | None, durat
         wav = prompt_audio
     else:
         raise ParameterError("prompt_audio must be a file path or a tensor of samples")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-        raise ParameterError(f"prompt_sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    sample_rate = check_sample_rate(sample_rate, "prompt_sample_rate")
+    wav = pcm_to_float(wav)
     while wav.dim() < 3:
         wav = wav.unsqueeze(0)
     if not torch.isfinite(wav).all():
@@ -130,3 +130,95 @@ def prompt_audio_tensor(prompt_audio, batch: int, sample_rate: int | None, durat
     if wav.shape[0] != batch:
         raise ParameterError(f"prompt audio has {wav.shape[0]} rows for {batch} descriptions")
     return wav.float(), sample_rate
+
+
+# ------------------------------------------------------------------------------ issue 24 (docs/reliability.md)
+MIN_RATE, MAX_RATE = 1_000, 384_000      # audio sample rates accepted anywhere (Hz)
+
+
+def check_sample_rate(rate, name: str = "sample_rate") -> int:
+    """An integer sample rate in MIN_RATE..MAX_RATE (numpy integers accepted): a rate of 10**12 or 2**31 - 1
+    would otherwise size a resampling kernel or a loudness FFT in gigabytes."""
+    import operator
+    if isinstance(rate, bool) or type(rate).__name__ == "bool_":
+        raise ParameterError(f"{name} must be an integer number of Hz, got {rate!r}")
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    try:
+        rate = operator.index(rate)
+    except TypeError:
+        raise ParameterError(f"{name} must be an integer number of Hz, got {rate!r}") from None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ParameterError(f"{name} must be in {MIN_RATE}..{MAX_RATE} Hz, got {rate}; resample the audio first")
+    return rate
+
+
+def pcm_to_float(wav: torch.Tensor) -> torch.Tensor:
+    """Audio samples as float: floating tensors unchanged; integer PCM scaled to [-1, 1) the way WAV readers
+    do (int16 / 2**15, int32 / 2**31, int8 / 2**7, uint8 offset binary (x - 128) / 128); bool and complex
+    tensors refused (casting would keep 0/1 or drop the imaginary part)."""
+    if not isinstance(wav, torch.Tensor):
+        raise ParameterError("audio must be a torch.Tensor of samples")
+    if wav.is_floating_point():
+        return wav
+    if wav.dtype == torch.bool or wav.is_complex():
+        raise ParameterError(f"audio samples of dtype {wav.dtype} are not audio; pass float samples in [-1, 1] "
+                             "(or integer PCM)")
+    if wav.dtype == torch.uint8:
+        return (wav.to(torch.float64) - 128.0).div(128.0).float()
+    bits = {torch.int8: 8, torch.int16: 16, torch.int32: 32}.get(wav.dtype)
+    if bits is None:
+        raise ParameterError(f"audio samples of dtype {wav.dtype} are not a PCM format; pass float samples in "
+                             "[-1, 1], or int8/int16/int32/uint8 PCM")
+    return wav.to(torch.float64).div(2.0 ** (bits - 1)).float()
+
+
+def check_steps_list(steps, n_q: int) -> list[int]:
+    """decoding_steps as the compat layer takes it: a list/tuple of ``n_q`` integers (numpy integers too);
+    a string ('20' is not [2, 0]), floats (10.9, also 10.0), bools and other objects are refused."""
+    import operator
+    if isinstance(steps, (str, bytes, bytearray, dict)) or not isinstance(steps, (list, tuple)):
+        raise ParameterError(f"decoding_steps must be a list of {n_q} integers, got {_short(steps)}")
+    out = []
+    for i, s in enumerate(steps):
+        if isinstance(s, bool) or type(s).__name__ == "bool_" or isinstance(s, float):
+            raise ParameterError(f"decoding_steps must be integers, got {_short(s)} ({type(s).__name__}) for "
+                                 f"codebook {i}")
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise ParameterError(f"decoding_steps must be integers, got {_short(s)} ({type(s).__name__}) for "
+                                 f"codebook {i}") from None
+    return out
+
+
+def _short(v) -> str:
+    from magnet_fast._io import short
+    return short(v)
+
+
+def check_hybrid_fits(hybrid_seconds, duration, window_s: float, frame_rate) -> None:
+    """A hybrid prefix must be shorter than the output: with ``duration`` under the window, MAGNeT keeps
+    round(duration * frame_rate) frames, and a prefix of as many frames or more would return MusicGen's
+    audio alone."""
+    if hybrid_seconds is None or duration is None:
+        return
+    duration, hybrid_seconds = plain_number(duration), plain_number(hybrid_seconds)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (duration, hybrid_seconds)):
+        return                                    # the type errors are the parameter checks' to report
+    if duration > window_s:
+        return                                    # long-form: the prefix is window 1's
+    keep = max(1, round(duration * frame_rate))
+    if round(hybrid_seconds * frame_rate) >= keep:
+        raise ParameterError(f"the hybrid prefix ({hybrid_seconds:g} s) must be shorter than the output "
+                             f"(duration {duration:g} s); lower hybrid_seconds (--hybrid-seconds) or raise the "
+                             "duration")
+
+
+def plain_number(v):
+    """numpy scalars -> Python int/float (np.float32 is not a float subclass; np.float64 is); else unchanged."""
+    if type(v).__module__ == "numpy" and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        if type(v).__name__ == "bool_":
+            return v
+        return v.item()
+    return v

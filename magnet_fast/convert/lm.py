@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from magnet_fast._io import atomic_dir, load_pickle_safely
+from magnet_fast._io import atomic_dir, load_pickle_safely, record_digests
 from magnet_fast.config import WEIGHTS_NAME, GenerationDefaults, MagnetConfig
 from magnet_fast.convert.codec import convert_codec
 from magnet_fast.convert.xpcfg import XpConfig, load_xp_yaml
@@ -304,4 +304,5 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
                                       f"expects {cfg.n_q} x {cfg.card}; the two files do not belong together")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "magnet_fast/1"})
         cfg.save(tmp)
+        record_digests(tmp)                   # size + SHA-256 of every file: verified when the cache loads it
     return out
