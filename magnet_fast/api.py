@@ -114,6 +114,8 @@ class MagnetFast(Engine):
         callback(done, total): called after every decoding step (total: the steps of one window).
         """
         descriptions = check_descriptions(descriptions)
+        from magnet_fast.inputs import plain_number      # np.float32 durations like np.float64 (issue 24)
+        duration, extend_stride, hybrid_seconds = map(plain_number, (duration, extend_stride, hybrid_seconds))
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
         params = self.params(decoding_steps=decoding_steps, temperature=temperature, top_p=top_p, top_k=top_k,

@@ -175,14 +175,8 @@ class Codec:
         sample_rate = int(sample_rate)
         wav = wav.to(self.device, torch.float32)
         if sample_rate != self.sample_rate:
-            try:
-                import julius
-            except ImportError:
-                raise ParameterError(
-                    f"audio at {sample_rate} Hz must be resampled to the codec's {self.sample_rate} Hz; "
-                    "install julius (`pip install julius`, the resampler audiocraft uses) or resample it "
-                    "yourself") from None
-            wav = julius.resample_frac(wav, sample_rate, self.sample_rate)
+            from magnet_fast.audio import resample       # julius where cheap, bounded otherwise (issue 24)
+            wav = resample(wav, sample_rate, self.sample_rate)
             if wav.shape[-1] < 1:
                 raise ParameterError("wav is too short to be resampled to the codec's sample rate")
         src = wav.shape[1]

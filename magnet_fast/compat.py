@@ -36,7 +36,6 @@ with audiocraft (fp16 autocast) is statistical, as before.
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from pathlib import Path
 
@@ -462,13 +461,9 @@ class MusicGen(_GenModel):
                               two_step_cfg: bool = False, extend_stride: float = 18) -> None:
         """audiocraft's MusicGen settings, with its defaults. ``duration`` may exceed ``max_duration``:
         the model then continues its own output in windows ``extend_stride`` seconds apart, as audiocraft."""
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not (
-                math.isfinite(duration) and duration > 0):
-            raise ParameterError(f"duration must be a positive number of seconds, got {duration!r}")
-        if isinstance(extend_stride, bool) or not isinstance(extend_stride, (int, float)) or not (
-                0 < extend_stride < self.max_duration):
-            raise ParameterError(f"Cannot stride by more than max generation duration: extend_stride must be in "
-                                 f"(0, {self.max_duration}) s, got {extend_stride!r}")
+        from magnet_fast.inputs import check_long_form, plain_number
+        duration, extend_stride = plain_number(duration), plain_number(extend_stride)
+        check_long_form(duration, extend_stride, float(self.max_duration), self.frame_rate)   # engine's bounds
         params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
                   "cfg_coef": cfg_coef, "two_step_cfg": two_step_cfg}
         if hasattr(self.engine, "params"):           # validate now where the engine can

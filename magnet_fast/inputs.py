@@ -2,6 +2,7 @@
 audio, device and dtype. Each raises ParameterError with the fix in the message."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -43,7 +44,23 @@ def check_descriptions(descriptions) -> list[str | None]:
     bad = [d for d in descriptions if d is not None and not isinstance(d, str)]
     if bad:
         raise ParameterError(f"descriptions must be str or None, got {type(bad[0]).__name__}")
+    for i, d in enumerate(descriptions):
+        if d is None:
+            continue
+        if len(d) > MAX_DESCRIPTION_CHARS:
+            raise ParameterError(f"description {i} is {len(d)} characters, over the {MAX_DESCRIPTION_CHARS}-character "
+                                 f"cap: T5 was trained on texts of at most {T5_TRAINED_TOKENS} tokens (about 2,000 "
+                                 "characters) and the tokenizer does not truncate; shorten it")
+        try:
+            d.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ParameterError(f"description {i} holds a lone surrogate (e.g. from a JSON '\\ud800' escape), "
+                                 "which is not text; fix the string") from None
     return list(descriptions)
+
+
+MAX_DESCRIPTION_CHARS = 4096      # characters per description (checked before tokenizing; T5 was trained on <= 512 tokens)
+T5_TRAINED_TOKENS = 512
 
 
 def check_prompt(prompt, batch: int, n_q: int, card: int, frames: int, device) -> torch.Tensor | None:
@@ -174,13 +191,16 @@ def pcm_to_float(wav: torch.Tensor) -> torch.Tensor:
 
 
 def check_steps_list(steps, n_q: int) -> list[int]:
-    """decoding_steps as the compat layer takes it: a list/tuple of ``n_q`` integers (numpy integers too);
-    a string ('20' is not [2, 0]), floats (10.9, also 10.0), bools and other objects are refused."""
+    """decoding_steps as the compat layer takes it: a list/tuple of ``n_q`` integers (numpy integers and
+    whole floats like 4.0 too); a string ('20' is not [2, 0]), a fractional float (10.9 is not 10), bools
+    and other objects are refused."""
     import operator
     if isinstance(steps, (str, bytes, bytearray, dict)) or not isinstance(steps, (list, tuple)):
         raise ParameterError(f"decoding_steps must be a list of {n_q} integers, got {_short(steps)}")
     out = []
     for i, s in enumerate(steps):
+        if isinstance(s, float) and s.is_integer() and abs(s) < 2**31:
+            s = int(s)                            # 4.0 is 4 (the compat layer always took whole floats)
         if isinstance(s, bool) or type(s).__name__ == "bool_" or isinstance(s, float):
             raise ParameterError(f"decoding_steps must be integers, got {_short(s)} ({type(s).__name__}) for "
                                  f"codebook {i}")
@@ -222,3 +242,37 @@ def plain_number(v):
             return v
         return v.item()
     return v
+
+
+MAX_WINDOWS = 1000                 # long-form windows per generation (3600 s at MAGNeT's default 5 s stride: 719)
+MIN_STRIDE_FRACTION = 0.05         # extend_stride >= 5 % of the window (10 s: 0.5 s; 30 s: 1.5 s)
+
+
+def check_windows(total: int, window: int, stride: int, frame_rate) -> None:
+    """Long-form bounds, before any work: the stride at least MIN_STRIDE_FRACTION of the window (and one
+    frame), and at most MAX_WINDOWS windows (``--duration 3600 --extend-stride 0.02`` asked for 179,503)."""
+    least = max(1, math.ceil(MIN_STRIDE_FRACTION * window))
+    if stride < least:
+        raise ParameterError(f"extend_stride {stride / frame_rate:g} s is under the {least / frame_rate:g} s minimum "
+                             f"({MIN_STRIDE_FRACTION:.0%} of the {window / frame_rate:g} s window); raise it")
+    n = 1 if total <= window else 1 + math.ceil((total - window) / stride)
+    if n > MAX_WINDOWS:
+        need = (total - window) / (MAX_WINDOWS - 1) / frame_rate
+        raise ParameterError(f"duration {total / frame_rate:g} s with extend_stride {stride / frame_rate:g} s needs {n} "
+                             f"windows, over the {MAX_WINDOWS}-window bound; raise extend_stride to at least "
+                             f"{need:.2f} s or shorten the duration")
+
+
+def check_long_form(duration, extend_stride, window_s: float, frame_rate) -> None:
+    """The compat layer's long-form settings under the engine's bounds: duration in (0, LONGFORM_MAX_S],
+    0 < extend_stride < window, and ``check_windows``."""
+    from magnet_fast.params import LONGFORM_MAX_S, _number
+    duration, extend_stride = plain_number(duration), plain_number(extend_stride)
+    _number("duration", duration, 0.0, LONGFORM_MAX_S, lo_open=True)
+    _number("extend_stride", extend_stride, 0.0, lo_open=True)
+    if not extend_stride < window_s:
+        raise ParameterError(f"Cannot stride by more than max generation duration: extend_stride must be in "
+                             f"(0, {window_s}) s, got {extend_stride!r}")
+    if duration > window_s:
+        check_windows(round(duration * frame_rate), int(window_s * frame_rate), int(frame_rate * extend_stride),
+                      frame_rate)

@@ -103,6 +103,8 @@ class MusicGenFast(Engine):
         18 s, audiocraft's), and the output is cut to round(duration * frame_rate) frames (longform.py).
         """
         descriptions = check_descriptions(descriptions)
+        from magnet_fast.inputs import plain_number      # np.float32 durations like np.float64 (issue 24)
+        duration, extend_stride = plain_number(duration), plain_number(extend_stride)
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
         long = self._long_form(duration, extend_stride)

@@ -135,7 +135,7 @@ def test_bool_and_complex_prompt_audio_refused(bad, demo_model):
 
 
 # ----------------------------------------------------------------------------------------- compat steps
-@pytest.mark.parametrize("steps", [[20, 10, 10, 10.9], [20, 10, 10, 10.0], ["2", 1, 1, 1], [True, 1, 1, 1], "20",
+@pytest.mark.parametrize("steps", [[20, 10, 10, 10.9], [20.5, 10, 10, 10], ["2", 1, 1, 1], [True, 1, 1, 1], "20",
                                    "2011", b"\x01\x01\x01\x01", {1: 1, 2: 2, 3: 3, 4: 4}, [20, 10, 10, None]])
 def test_compat_decoding_steps_strictly_typed(steps, demo_model):
     from magnet_fast.compat import MAGNeT
