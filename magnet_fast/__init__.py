@@ -1,18 +1,25 @@
 """magnet_fast: a fast, faithful inference engine for MAGNeT (and MusicGen on the same transformer)."""
-from magnet_fast.api import MagnetFast
-from magnet_fast.config import GenerationDefaults, MagnetConfig
-from magnet_fast.convert import convert
-from magnet_fast.errors import (
-    BatchSplitWarning,
-    CheckpointError,
-    ConfigError,
-    MagnetFastError,
-    NumericsError,
-    ParameterError,
-    ResourceError,
-)
-from magnet_fast.musicgen import MusicGenFast
-from magnet_fast.params import GenerationParams, SamplingParams, resolve_params
+try:
+    from magnet_fast.api import MagnetFast
+    from magnet_fast.config import GenerationDefaults, MagnetConfig
+    from magnet_fast.convert import convert
+    from magnet_fast.errors import (
+        BatchSplitWarning,
+        CheckpointError,
+        ConfigError,
+        MagnetFastError,
+        NumericsError,
+        ParameterError,
+        ResourceError,
+    )
+    from magnet_fast.musicgen import MusicGenFast
+    from magnet_fast.params import GenerationParams, SamplingParams, resolve_params
+except KeyboardInterrupt:                       # Ctrl-C while the CLI starts (torch imports): one line
+    import sys as _sys
+    if _sys.argv and (_sys.argv[0] == "-m" or _sys.argv[0].endswith(("magnet-fast", "cli.py"))):
+        print("magnet-fast: interrupted", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __version__ = "0.1.0"
 __all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "GenerationDefaults", "SamplingParams", "GenerationParams",

@@ -527,3 +527,14 @@ def serialised_load(fn):
         with LOAD_LOCK:
             return fn(*args, **kwargs)
     return wrapper
+
+
+def os_error_line(e: OSError) -> str | None:
+    """The one-line message for an OSError a user's path caused (ENAMETOOLONG, ELOOP, EILSEQ), else None."""
+    why = {errno.ENAMETOOLONG: "a path component or the path is too long for the file system; use a shorter name",
+           errno.ELOOP: "too many levels of symbolic links; fix the links",
+           errno.EILSEQ: "the name is not valid for the file system"}.get(e.errno)
+    if why is None:
+        return None
+    where = e.filename if e.filename is not None else ""
+    return f"{short(str(where)) if where else 'path'}: {why}"

@@ -71,7 +71,8 @@ def read_prompts(args) -> list[str | None]:
         raise UsageError("no prompts: pass at least one text (or --prompts-file FILE)")
     if any(p is not None and not p.strip() for p in prompts):
         raise UsageError("empty prompt text; use --unconditional for unconditional generation")
-    return prompts
+    from magnet_fast.inputs import check_descriptions
+    return check_descriptions(prompts)             # length cap, lone surrogates: before the model loads
 
 
 def _jsonl_prompt(item, where: str) -> str | None:
@@ -231,8 +232,13 @@ def cmd_generate(args) -> int:
         check_paired_models(args, cfg)
     check_seed(args.seed)
     check_max_batch(args.max_batch)
+    from magnet_fast.inputs import check_sources
+    check_sources(t5=args.t5, codec=args.codec)                 # local folders exist: before loading
+    prompt_wav = None
     if args.prompt_audio:
         audio_info(args.prompt_audio, length)                   # kind and length from the header
+        from magnet_fast.inputs import prompt_audio_tensor      # samples read and checked before loading
+        prompt_wav = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
     out = Path(args.out) if args.out else None
     if args.tokens_only and out is not None:
         from magnet_fast.audio import check_tokens_out
@@ -255,10 +261,8 @@ def cmd_generate(args) -> int:
         params.update(_paired(args, model.device, args.dtype))
     t0 = time.perf_counter()
     prompt = None
-    if args.prompt_audio:
-        from magnet_fast.inputs import prompt_audio_tensor
-        wav, rate = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
-        prompt = model.encode(wav, rate)
+    if prompt_wav is not None:
+        prompt = model.encode(*prompt_wav)
     elif not args.tokens_only:
         model.load_codec()                                    # fail now, not after decoding
     # Streaming: chunks of --max-batch (default: CHUNK per device) are decoded one after another with one
@@ -518,12 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from magnet_fast.errors import MagnetFastError
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (MagnetFastError, UsageError) as e:
         print(f"magnet-fast: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from magnet_fast._io import os_error_line
+        line = os_error_line(e)              # a path too long / a symlink loop: one line, not a traceback
+        if line is None:
+            raise
+        print(f"magnet-fast: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("magnet-fast: interrupted", file=sys.stderr)

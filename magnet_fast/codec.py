@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast._io import resolve_pretrained
+from magnet_fast._io import resolve_pretrained, serialised_load
 from magnet_fast.errors import CheckpointError, ParameterError
 
 # names audiocraft's CompressionModel.get_pretrained resolves to something that is not an EnCodec
@@ -44,6 +44,7 @@ class Codec:
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    @serialised_load                                  # lazy transformers imports are not thread-safe
     def load(cls, model_dir: Path, note: dict, device="cpu", override: str | Path | None = None,
              allow_download: bool = False) -> Codec:
         """Load the codec a converted model records in ``note`` (config.json's "codec").

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from magnet_fast._io import serialised_load
 from magnet_fast.api import MagnetFast
 from magnet_fast.audio_out import audio_write, display_audio, loudness, normalize_audio  # noqa: F401  (audiocraft's names)
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
@@ -368,6 +369,7 @@ class MAGNeT(_GenModel):
         self.set_generation_params()
 
     @staticmethod
+    @serialised_load
     def get_pretrained(name: str = "facebook/magnet-small-10secs", device=None, *, attention: str | None = None,
                        allow_download: bool = False) -> MAGNeT:
         """Load a MAGNeT: a hub name (from the local Hugging Face cache; converted once into
@@ -431,6 +433,7 @@ class MusicGen(_GenModel):
         self.set_generation_params(duration=15)     # audiocraft's default duration
 
     @staticmethod
+    @serialised_load
     def get_pretrained(name: str = "facebook/musicgen-melody", device=None, *, attention: str | None = None,
                        allow_download: bool = False) -> MusicGen:
         """Load a MusicGen like ``MAGNeT.get_pretrained`` does. audiocraft's default name is the melody model,

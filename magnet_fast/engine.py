@@ -11,7 +11,8 @@ from magnet_fast.batching import GRAPH_POLICIES, DecoderCache, streams
 from magnet_fast.conditioning import TextEncoder, encode_condition
 from magnet_fast.config import ENGINES, MagnetConfig
 from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
-from magnet_fast.inputs import check_device, check_dtype, prompt_audio_tensor
+from magnet_fast._io import serialised_load
+from magnet_fast.inputs import check_device, check_dtype, check_model_folder, prompt_audio_tensor
 from magnet_fast.model import MagnetLM, load_lm
 from magnet_fast.params import check_seed
 
@@ -92,6 +93,7 @@ class Engine:
         self._codec = codec
 
     @classmethod
+    @serialised_load                                  # one load at a time per process (issue 24)
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
                         t5: str | Path | None = None, codec: str | Path | None = None,
                         allow_download: bool = False, attention: str | None = None,
@@ -107,7 +109,7 @@ class Engine:
         (``set_attention``; 'exact' is the bitwise parity mode). cuda_graphs: None ('auto' on CUDA) or see
         ``set_cuda_graphs``.
         """
-        folder = Path(path)
+        folder = check_model_folder(path)            # None, NUL, over-long names: one CheckpointError
         cfg = MagnetConfig.load(folder)
         if cfg.kind != cls.KIND:
             raise ConfigError(f"{folder} is a {cfg.kind} model ({ENGINES[cfg.kind]}), not a {cls.KIND} model: load "

@@ -38,7 +38,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from magnet_fast._io import atomic_write_bytes, looks_like_path, verify_digests
+from magnet_fast._io import atomic_write_bytes, looks_like_path, serialised_load, verify_digests
 from magnet_fast.errors import CheckpointError
 
 LM_FILE = "state_dict.bin"
@@ -83,6 +83,7 @@ def is_converted(folder: Path) -> bool:
     return fmt == FORMAT and (folder / WEIGHTS_NAME).is_file()
 
 
+@serialised_load                                   # conversions into the cache: one at a time per process
 def resolve_model(source, *, allow_download: bool = False) -> Path:
     """A hub name, an audiocraft export (folder or its state_dict.bin) or a converted folder -> the
     converted model folder to load (converting into the cache when needed). CheckpointError / ConfigError
@@ -92,7 +93,8 @@ def resolve_model(source, *, allow_download: bool = False) -> Path:
     if not isinstance(source, str) or not source.strip():
         raise CheckpointError(f"model name must be a Hugging Face model name (e.g. 'facebook/magnet-small-10secs') "
                               f"or a folder, got {source!r}")
-    path = Path(source).expanduser()
+    from magnet_fast._io import check_path
+    path = check_path(source, "model name or folder", CheckpointError).expanduser()
     if path.exists():
         return _from_local(path)
     if looks_like_path(source):

@@ -276,3 +276,27 @@ def check_long_form(duration, extend_stride, window_s: float, frame_rate) -> Non
     if duration > window_s:
         check_windows(round(duration * frame_rate), int(window_s * frame_rate), int(frame_rate * extend_stride),
                       frame_rate)
+
+
+def check_model_folder(path) -> Path:
+    """``from_pretrained``'s path: a str or os.PathLike naming a folder (None, a number, a NUL byte or a name
+    over the file system's limits is one CheckpointError naming the fix, not a TypeError / ENAMETOOLONG)."""
+    from magnet_fast._io import check_path
+    from magnet_fast.errors import CheckpointError
+    if path is None:
+        raise CheckpointError("from_pretrained needs the converted model folder (e.g. a folder written by "
+                              "`magnet-fast convert`, or magnet_fast.demo.DEMO_MODEL), got None")
+    return check_path(path, "model folder", CheckpointError).expanduser()
+
+
+def check_sources(**sources) -> None:
+    """``--t5`` / ``--codec`` / ``--hybrid`` style values that look like local paths must exist as folders
+    (checked before the model loads); hub names are left to the loader."""
+    from magnet_fast._io import check_path, looks_like_path
+    from magnet_fast.errors import CheckpointError
+    for name, value in sources.items():
+        if value is None:
+            continue
+        path = check_path(value, f"--{name}", CheckpointError).expanduser()
+        if looks_like_path(str(value)) and not path.is_dir():
+            raise CheckpointError(f"--{name} {value}: no such folder; pass a local {name} folder (or a hub name)")

@@ -108,6 +108,8 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
     from magnet_fast.inputs import check_max_batch
     ray = require_ray()
     check_max_batch(max_batch)
+    from magnet_fast.inputs import check_threads
+    check_threads(threads)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise JobError(f"replicas must be a positive integer, got {replicas!r}")
     if not isinstance(model, ModelSpec) and (hasattr(model, "generate") or not callable(model)):
