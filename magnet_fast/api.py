@@ -137,6 +137,8 @@ class MagnetFast(Engine):
             plan = HybridPlan(self, hybrid, hybrid_seconds, hybrid_params, frames)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
+        from magnet_fast.inputs import memory_chunk       # a default chunk from a memory estimate (issue 24)
+        max_batch = memory_chunk(self, len(descriptions), max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
         fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
         gens, prefix = [], []

@@ -300,3 +300,67 @@ def check_sources(**sources) -> None:
         path = check_path(value, f"--{name}", CheckpointError).expanduser()
         if looks_like_path(str(value)) and not path.is_dir():
             raise CheckpointError(f"--{name} {value}: no such folder; pass a local {name} folder (or a hub name)")
+
+
+# ------------------------------------------------------------------------------ memory-derived default chunk
+MEMORY_SHARE = 0.5                 # of the available memory one call may plan for
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the process may still allocate: CUDA's free memory, or on CPU the smaller of /proc/meminfo's
+    MemAvailable and the cgroup's limit minus its usage (Linux overcommit means a failed allocation is not
+    a safe signal: the OOM killer comes first). None when unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001
+            return None
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+                found.append(max(0, int(limit) - int(f.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def row_bytes(cfg) -> int:
+    """A generous estimate of the peak bytes one description costs during a decoding step (fp32 upper
+    bound, CFG doubles the rows): logits and their softmax copies over every codebook and frame, dense
+    attention scores, the feed-forward activations, and (MusicGen) the KV cache over the window."""
+    t = cfg.frames
+    per_cfg_row = 3 * cfg.n_q * t * cfg.card + cfg.num_heads * t * t + 3 * t * cfg.dim * cfg.hidden_scale
+    if getattr(cfg, "kind", "magnet") == "musicgen":
+        per_cfg_row += 2 * cfg.num_layers * t * cfg.dim         # the autoregressive KV cache
+    return 2 * 4 * per_cfg_row
+
+
+def memory_chunk(engine, n: int, max_batch: int | None) -> int | None:
+    """``max_batch`` when given; else None when ``n`` descriptions fit in MEMORY_SHARE of the available
+    memory by ``row_bytes``, else the chunk that does (a BatchSplitWarning says so). 10**4 prompts in one
+    call no longer grow to the OOM killer."""
+    if max_batch is not None or n <= 1:
+        return max_batch
+    free = available_memory(torch.device(engine.device))
+    if free is None:
+        return None
+    fits = max(1, int(free * MEMORY_SHARE) // max(1, row_bytes(engine.config)))
+    if n <= fits:
+        return None
+    import warnings
+
+    from magnet_fast.errors import BatchSplitWarning
+    warnings.warn(f"{n} descriptions need about {n * row_bytes(engine.config) / 2**30:.1f} GiB at once, over half of "
+                  f"the {free / 2**30:.1f} GiB available; decoding in chunks of {fits} (pass max_batch= to choose)",
+                  BatchSplitWarning, stacklevel=3)
+    return fits

@@ -117,6 +117,8 @@ class MusicGenFast(Engine):
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
+        from magnet_fast.inputs import memory_chunk       # a default chunk from a memory estimate (issue 24)
+        max_batch = memory_chunk(self, len(descriptions), max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
         fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))
         if batch_invariant:                       # one row at a time: nothing depends on batch mates

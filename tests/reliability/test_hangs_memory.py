@@ -205,3 +205,35 @@ def test_compat_musicgen_long_form_bounds():
     import numpy as np
     m.set_generation_params(duration=np.float32(0.5))
     assert m.duration == 0.5
+
+
+# ----------------------------------------------------------------------------------------- memory chunk
+def test_default_chunk_from_a_memory_estimate(demo_model, monkeypatch):
+    """Without max_batch, a call whose rows would not fit in half the available memory is decoded in chunks
+    derived from the estimate (announced), with the same tokens as that max_batch given explicitly."""
+    from magnet_fast import inputs
+    from magnet_fast.errors import BatchSplitWarning
+    per_row = inputs.row_bytes(demo_model.config)
+    monkeypatch.setattr(inputs, "available_memory", lambda device: int(per_row * 3.5 / inputs.MEMORY_SHARE))
+    texts = [f"t{i}" for i in range(7)]
+    sizes = []
+    real = demo_model._decode
+
+    def spy(descriptions, *a, **k):
+        sizes.append(len(descriptions))
+        return real(descriptions, *a, **k)
+    monkeypatch.setattr(demo_model, "_decode", spy)
+    with pytest.warns(BatchSplitWarning, match="chunks of 3"):
+        auto = demo_model.generate_tokens(texts, seed=4, decoding_steps=[1, 1, 1, 1])
+    assert sizes == [3, 3, 1]
+    sizes.clear()
+    explicit = demo_model.generate_tokens(texts, seed=4, decoding_steps=[1, 1, 1, 1], max_batch=3)
+    assert sizes == [3, 3, 1] and torch.equal(auto, explicit)
+    sizes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchSplitWarning)
+        demo_model.generate_tokens(texts[:3], seed=4, decoding_steps=[1, 1, 1, 1])      # fits: one batch
+    assert sizes == [3]
+    monkeypatch.undo()
+    free = inputs.available_memory(torch.device("cpu"))                   # the real reading: a positive size
+    assert free is None or free > 0
