@@ -52,19 +52,16 @@ def read_prompts(args) -> list[str | None]:
     """Prompts from the command line and --prompts-file; --unconditional turns each into None."""
     prompts: list[str | None] = list(args.prompts)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"prompts file {path} is not readable text ({e})") from None
+        from magnet_fast.io.files import check_path, parse_json, read_lines
+        path = check_path(args.prompts_file, "--prompts-file", UsageError)
+        lines = read_lines(path, what="prompts file", error=UsageError)   # regular, bounded, split on \n only
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UsageError(f"{path}:{n} is not valid JSON") from None
+                item, why = parse_json(line)
+                if why is not None:
+                    raise UsageError(f"{path}:{n} is {why}")
                 prompts.append(_jsonl_prompt(item, f"{path}:{n}"))
             else:
                 prompts.append(line.strip())
@@ -74,7 +71,8 @@ def read_prompts(args) -> list[str | None]:
         raise UsageError("no prompts: pass at least one text (or --prompts-file FILE)")
     if any(p is not None and not p.strip() for p in prompts):
         raise UsageError("empty prompt text; use --unconditional for unconditional generation")
-    return prompts
+    from magnet_fast.engines.inputs import check_descriptions
+    return check_descriptions(prompts)             # length cap, lone surrogates: before the model loads
 
 
 def _jsonl_prompt(item, where: str) -> str | None:
@@ -174,6 +172,9 @@ def check_paired_models(args, cfg) -> None:
     if h is not None and not 0.0 < h < cfg.segment_duration:
         raise UsageError(f"--hybrid-seconds must be in (0, {cfg.segment_duration:g}) (the MAGNeT model's "
                          f"duration), got {h}")
+    if args.hybrid is not None:
+        from magnet_fast.engines.inputs import check_hybrid_fits
+        check_hybrid_fits(3.0 if h is None else h, args.duration, cfg.segment_duration, cfg.frame_rate)
     for flag, folder in (("--hybrid", args.hybrid), ("--rescore", args.rescore)):
         if folder is None:
             continue
@@ -222,9 +223,17 @@ def cmd_generate(args) -> int:
     check_paired_models(args, cfg)
     check_seed(args.seed)
     check_max_batch(args.max_batch)
+    from magnet_fast.engines.inputs import check_sources
+    check_sources(t5=args.t5, codec=args.codec)                 # local folders exist: before loading
+    prompt_wav = None
     if args.prompt_audio:
         audio_info(args.prompt_audio, length)                   # kind and length from the header
+        from magnet_fast.engines.inputs import prompt_audio_tensor  # samples read and checked before loading
+        prompt_wav = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
     out = Path(args.out) if args.out else None
+    if args.tokens_only and out is not None:
+        from magnet_fast.io.audio import check_tokens_out
+        check_tokens_out(out)                                    # x.wav is not a folder for tokens
     if args.tokens_only:
         paths = [out if out is not None and out.suffix == ".safetensors"
                  else (out or Path("outputs")) / "tokens.safetensors"]
@@ -241,10 +250,8 @@ def cmd_generate(args) -> int:
     params.update(_paired(args, model.device, args.dtype))     # --hybrid / --rescore (MAGNeT only)
     t0 = time.perf_counter()
     prompt = None
-    if args.prompt_audio:
-        from magnet_fast.engines.inputs import prompt_audio_tensor
-        wav, rate = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
-        prompt = model.encode(wav, rate)
+    if prompt_wav is not None:
+        prompt = model.encode(*prompt_wav)
     elif not args.tokens_only:
         model.load_codec()                                    # fail now, not after decoding
     # Streaming: chunks of --max-batch (default: CHUNK per device) are decoded one after another with one
@@ -366,6 +373,7 @@ def add_batch_parser(sub) -> None:
     b.add_argument("--out", required=True, help="output folder (WAVs + manifest.jsonl; rerun to resume)")
     add_flags(b, "batch")
     b.add_argument("--threads", type=int, help="torch CPU threads per process (per replica with --ray)")
+    b.add_argument("--force", action="store_true", help="replace files in --out that the manifest does not know")
     b.add_argument("--ray", action="store_true", help="run on Ray Data (pip install -e \".[ray]\")")
     b.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
     b.add_argument("--replicas", type=int, help="model replicas with --ray (default 1; one per GPU on CUDA)")
@@ -421,10 +429,10 @@ def cmd_batch(args) -> int:
         from magnet_fast.ray_jobs import run_ray_job
         summary = run_ray_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
                               replicas=args.replicas or 1, address=args.ray_address, threads=args.threads,
-                              quiet=args.quiet, warn=warn)
+                              quiet=args.quiet, warn=warn, force=args.force)
     else:
         summary = run_job(args.job, args.out, spec, defaults=defaults, max_batch=args.max_batch,
-                          threads=args.threads, quiet=args.quiet, warn=warn)
+                          threads=args.threads, quiet=args.quiet, warn=warn, force=args.force)
     print(summary.line())
     if summary.failed:
         shown = ", ".join(repr(i) if i is not None else "(line)" for i in summary.failed_ids[:5])
@@ -524,12 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from magnet_fast.errors import MagnetFastError
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (MagnetFastError, UsageError) as e:
         print(f"magnet-fast: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from magnet_fast.io.files import os_error_line
+        line = os_error_line(e)              # a path too long / a symlink loop: one line, not a traceback
+        if line is None:
+            raise
+        print(f"magnet-fast: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("magnet-fast: interrupted", file=sys.stderr)

@@ -35,7 +35,6 @@ with audiocraft (fp16 autocast) is statistical, as before.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import torch
 from magnet_fast.engines.registry import entry_for
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError
 from magnet_fast.io.audio_out import audio_write, display_audio, loudness, normalize_audio  # noqa: F401  (audiocraft's names)
+from magnet_fast.io.files import serialised_load
 from magnet_fast.io.hub import resolve_model
 
 __all__ = ["MAGNeT", "MusicGen", "MultiBandDiffusion", "audio_write", "display_audio", "normalize_audio",
@@ -354,6 +354,7 @@ class MAGNeT(_GenModel):
         self.set_generation_params()
 
     @staticmethod
+    @serialised_load
     def get_pretrained(name: str = "facebook/magnet-small-10secs", device=None, *, attention: str | None = None,
                        allow_download: bool = False) -> MAGNeT:
         """Load a MAGNeT: a hub name (from the local Hugging Face cache; converted once into
@@ -375,11 +376,8 @@ class MAGNeT(_GenModel):
                               decoding_steps=(20, 10, 10, 10), span_arrangement: str = "nonoverlap") -> None:
         """audiocraft's MAGNeT settings, with its defaults (``decoding_steps`` per codebook; top_p > 0 wins
         over top_k). Checked now: a bad value is a ParameterError here, not at generation."""
-        try:
-            steps = [int(s) for s in decoding_steps]
-        except (TypeError, ValueError):
-            raise ParameterError(f"decoding_steps must be a list of {self.lm.n_q} integers, got "
-                                 f"{decoding_steps!r}") from None
+        from magnet_fast.engines.inputs import check_steps_list
+        steps = check_steps_list(decoding_steps, self.lm.n_q)          # '20', 10.9, True refused, not cast
         params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
                   "max_cfg_coef": max_cfg_coef, "min_cfg_coef": min_cfg_coef, "decoding_steps": steps,
                   "span_arrangement": span_arrangement}
@@ -407,6 +405,7 @@ class MusicGen(_GenModel):
         self.set_generation_params(duration=15)     # audiocraft's default duration
 
     @staticmethod
+    @serialised_load
     def get_pretrained(name: str = "facebook/musicgen-melody", device=None, *, attention: str | None = None,
                        allow_download: bool = False) -> MusicGen:
         """Load a MusicGen like ``MAGNeT.get_pretrained`` does. audiocraft's default name is the melody model,
@@ -436,13 +435,9 @@ class MusicGen(_GenModel):
                               two_step_cfg: bool = False, extend_stride: float = 18) -> None:
         """audiocraft's MusicGen settings, with its defaults. ``duration`` may exceed ``max_duration``:
         the model then continues its own output in windows ``extend_stride`` seconds apart, as audiocraft."""
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not (
-                math.isfinite(duration) and duration > 0):
-            raise ParameterError(f"duration must be a positive number of seconds, got {duration!r}")
-        if isinstance(extend_stride, bool) or not isinstance(extend_stride, (int, float)) or not (
-                0 < extend_stride < self.max_duration):
-            raise ParameterError(f"Cannot stride by more than max generation duration: extend_stride must be in "
-                                 f"(0, {self.max_duration}) s, got {extend_stride!r}")
+        from magnet_fast.engines.inputs import check_long_form, plain_number
+        duration, extend_stride = plain_number(duration), plain_number(extend_stride)
+        check_long_form(duration, extend_stride, float(self.max_duration), self.frame_rate)   # engine's bounds
         params = {"use_sampling": use_sampling, "temp": temperature, "top_k": top_k, "top_p": top_p,
                   "cfg_coef": cfg_coef, "two_step_cfg": two_step_cfg}
         self.engine.params(**self._engine_kwargs(params, min(float(duration), float(self.max_duration))))

@@ -31,6 +31,7 @@ batches and decoded per item; otherwise each item goes through ``generate`` alon
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -50,7 +51,10 @@ from magnet_fast.io.files import sha256_file
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".magnet-fast-batch.lock"
 MANIFEST_FIELDS = ("id", "status", "file", "sha256", "audio_s", "wall_s", "text", "seed", "seed_from_id",
-                   "params", "error", "line", "clipped", "finished")
+                   "params", "error", "line", "clipped", "finished", "model")
+# Every run lists the files it is about to write in FILES_NAME first (one write, fsynced), so a file in DIR
+# that neither a manifest record nor this list names is the user's: refused without --force.
+FILES_NAME = ".magnet-fast-batch.files"
 # Keywords the runner sets itself; a job line may not.
 RESERVED = frozenset({"self", "descriptions", "texts", "prompt", "prompt_audio", "prompt_sample_rate", "seed",
                       "generator", "progress", "batch_invariant", "max_batch"})
@@ -79,6 +83,11 @@ def seed_from_id(item_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << SEED_BITS) - 1)
 
 
+def _utf8(text: str) -> bool:
+    from magnet_fast.io.files import utf8_ok
+    return utf8_ok(text)
+
+
 def _id_hash(item_id: str) -> str:
     return hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:8]
 
@@ -92,15 +101,23 @@ def safe_name(item_id: str) -> str:
 
 
 def file_names(ids: list[str]) -> dict[str, str]:
-    """id -> WAV file name. Ids whose names would collide (also ignoring case, for case-insensitive file
-    systems) get the id's hash appended as well."""
+    """id -> WAV file name, unique also case-folded (case-insensitive file systems) and after the
+    disambiguation itself: ids whose names collide get ``-<hash of the id>`` appended, 8 hex digits first,
+    longer (16, 32, 64) while any name still collides (an id may be crafted to equal another's
+    disambiguated name). Depends only on the set of ids, not their order."""
     names = {i: safe_name(i) for i in ids}
-    count: dict[str, int] = {}
-    for n in names.values():
-        count[n.lower()] = count.get(n.lower(), 0) + 1
-    for i, n in names.items():
-        if count[n.lower()] > 1 and not n.endswith(f"-{_id_hash(i)}"):
-            names[i] = f"{n}-{_id_hash(i)}"
+    for width in (8, 16, 32, 64, None):
+        count: dict[str, int] = {}
+        for n in names.values():
+            count[n.casefold()] = count.get(n.casefold(), 0) + 1
+        clash = [i for i, n in names.items() if count[n.casefold()] > 1]
+        if not clash:
+            break
+        if width is None:                                  # distinct ids, distinct sha256: unreachable
+            raise JobError(f"cannot give ids {clash[:3]} distinct file names")
+        for i in clash:
+            stem = _SAFE.sub("_", i).lstrip(".")[:MAX_NAME] or "item"
+            names[i] = f"{stem}-{hashlib.sha256(i.encode('utf-8')).hexdigest()[:width]}"
     return {i: f"{n}.wav" for i, n in names.items()}
 
 
@@ -114,10 +131,12 @@ class Item:
     params: dict[str, Any]
     line: int
     file: str = ""
+    model: dict | None = None
 
     def request(self) -> tuple:
-        """What the output depends on (compared with the manifest record on resume)."""
-        return (self.text, self.seed, canonical(self.params))
+        """What the output depends on (compared with the manifest record on resume): the text, the seed,
+        the parameters and the model key (``model_key``: weights digest, kind, attention, dtype, device)."""
+        return (self.text, self.seed, canonical(self.params), canonical(self.model))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -134,8 +153,9 @@ class LineError:
     error: str
 
 
-def canonical(params: dict) -> str:
-    """A job's parameters as one string (sorted keys): equal strings, equal requests (grouping, resume)."""
+def canonical(params) -> str:
+    """A job's parameters (or model key) as one string (sorted keys): equal strings, equal requests (grouping,
+    resume)."""
     return json.dumps(params, sort_keys=True, ensure_ascii=False)
 
 
@@ -149,14 +169,30 @@ def _parse_line(obj, n: int, defaults: dict) -> Item | str:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)) or (isinstance(raw, str) and not raw.strip()):
         return f"'id' must be a non-empty string or an integer, got {json.dumps(raw)}"
     item_id = str(raw)
+    if not _utf8(item_id):
+        return "'id' holds a lone surrogate (\\ud800-\\udfff escape), which is not text; fix the id"
     if "text" not in obj:
         return "has no 'text' (the description; null for an unconditional item)"
     text = obj["text"]
     if text is not None and not isinstance(text, str):
         return f"'text' must be a string or null, got {type(text).__name__}"
+    if text is not None:
+        from magnet_fast.engines.inputs import check_descriptions
+        from magnet_fast.errors import ParameterError
+        try:
+            check_descriptions([text])                        # lone surrogates, length cap: the API's checks
+        except ParameterError as e:
+            return f"'text': {e}"
     seed = obj.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         return f"'seed' must be an integer in [0, 2**63), got {json.dumps(seed)}"
+    if seed is not None:
+        from magnet_fast.errors import ParameterError
+        from magnet_fast.params import check_seed
+        try:
+            check_seed(seed)                                  # the engine's own range, so it never refuses later
+        except ParameterError:
+            return f"'seed' {seed} is over the largest seed the engine takes ({2**63 - 3}); use a smaller one"
     reserved = sorted(k for k in obj if k in RESERVED and k != "seed")
     if reserved:
         return f"sets {', '.join(map(repr, reserved))}, which the job runner controls"
@@ -168,13 +204,10 @@ def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item
     """Read a job file -> (items, per-line errors). Blank lines are skipped. A line that is not JSON, not an
     object, lacks id/text, has a bad seed or repeats an earlier id is a LineError (with the id when it has
     a usable, first-seen one). JobError when the file is unreadable or no line parses at all."""
-    path = Path(path)
+    from magnet_fast.io.files import check_path, parse_json, read_lines
+    path = check_path(path, "job file", JobError)
     defaults = dict(defaults or {})
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise JobError(f"job file {path} is not readable UTF-8 text ({getattr(e, 'strerror', None) or e})") \
-            from None
+    lines = read_lines(path, what="job file", error=JobError)      # regular file, bounded, split on \n only
     items: list[Item] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
@@ -182,16 +215,14 @@ def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(LineError(n, None, f"{path.name}:{n}: not valid JSON ({e.msg} at column "
-                                             f"{e.colno})"))
+        obj, why = parse_json(line)
+        if why is not None:
+            errors.append(LineError(n, None, f"{path.name}:{n}: {why}"))
             continue
         parsed_any = parsed_any or isinstance(obj, dict)
         got = _parse_line(obj, n, defaults)
         raw = obj.get("id") if isinstance(obj, dict) else None
-        ok = isinstance(raw, (str, int)) and not isinstance(raw, bool) and str(raw).strip()
+        ok = isinstance(raw, (str, int)) and not isinstance(raw, bool) and str(raw).strip() and _utf8(str(raw))
         usable = str(raw) if ok else None
         if usable is not None and usable in seen:
             errors.append(LineError(n, None, f"{path.name}:{n}: duplicate id {usable!r} (first on line "
@@ -216,55 +247,90 @@ def parse_job(path: str | Path, defaults: dict | None = None) -> tuple[list[Item
 class Manifest:
     """``DIR/manifest.jsonl``: one JSON record per finished item, appended as a complete line and fsynced;
     the last record per id wins. A partial last line (a crash mid-append) is ignored with a warning and cut
-    off, so the next append starts a fresh line; other unreadable lines are ignored with a warning."""
+    off, so the next append starts a fresh line; other unreadable lines are ignored with a warning.
+
+    Opened once, for appending, before any work (O_NOFOLLOW: a symlink is refused, never followed; a
+    read-only file or a folder is a JobError now, not after the first WAV); read through the bounded reader."""
 
     def __init__(self, path: Path, warn: Callable[[str], None]):
+        from magnet_fast.io.files import open_nofollow
         self.path = Path(path)
         self.records: dict[str, dict] = {}
+        self.files: set[str] = set()                  # every file name any record mentions
+        self.line_errors: set[tuple] = set()          # (line, error) of recorded job-line errors
         self._warn = warn
         self._fd: int | None = None
-        self._load()
+        try:
+            self._fd = open_nofollow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise JobError(f"manifest {self.path} is a symbolic link; refusing to write through it (it could "
+                               "point outside the output folder): remove the link or choose another --out") from None
+            raise JobError(f"cannot write the manifest {self.path} ({e.strerror or e}); make it writable or "
+                           "choose another --out") from None
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
+        from magnet_fast.io.files import (
+            MAX_LINE_BYTES,
+            MAX_MANIFEST_BYTES,
+            parse_json,
+            read_regular,
+            split_lines,
+        )
+        data = read_regular(self.path, max_bytes=MAX_MANIFEST_BYTES, what="manifest", error=JobError, fd=self._fd)
         end = data.rfind(b"\n") + 1
         if end < len(data):
             self._warn(f"{self.path}: ignoring an incomplete last line (a run was interrupted while writing "
                        "it); that item will be generated again")
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        for n, raw in enumerate(data[:end].splitlines(), 1):
-            if not raw.strip():
+            os.ftruncate(self._fd, end)
+            os.fsync(self._fd)
+        for n, raw in enumerate(split_lines(data[:end], max_line=max(MAX_LINE_BYTES, end), decode_errors=False), 1):
+            if raw is not None and not raw.strip():
                 continue
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError:
+            rec, why = parse_json(raw) if raw is not None else (None, "not UTF-8")
+            if not isinstance(rec, dict):
                 self._warn(f"{self.path}:{n}: not a manifest record; ignored")
                 continue
+            if isinstance(rec.get("file"), str):
+                self.files.add(rec["file"])
+            if rec.get("status") == "failed" and rec.get("params") is None:
+                self.line_errors.add((rec.get("line"), rec.get("error")))
             if isinstance(rec.get("id"), str):
                 self.records[rec["id"]] = rec
 
     def append(self, row: dict) -> None:
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self.append_many([row])
+
+    def append_many(self, rows: list[dict]) -> None:
+        """Append records in one write and one fsync (a batch of line errors, the files a run announces)."""
+        from magnet_fast.io.files import json_line
+        if not rows:
+            return
+        data = "".join(json_line(r) + "\n" for r in rows).encode("utf-8")
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
-        if isinstance(row.get("id"), str):
-            self.records[row["id"]] = row
+        for row in rows:
+            if isinstance(row.get("file"), str):
+                self.files.add(row["file"])
+            if isinstance(row.get("id"), str):
+                self.records[row["id"]] = row
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _cap(text: str) -> str:
+    from magnet_fast.io.files import cap
+    return cap(text, 1000)
 
 
 def _now() -> str:
@@ -278,7 +344,8 @@ def make_row(item: Item | None, status: str, *, file=None, sha256=None, audio_s=
             "audio_s": round(audio_s, 6), "wall_s": round(wall_s, 6),
             "text": item.text if item else None, "seed": item.seed if item else None,
             "seed_from_id": item.seed_from_id if item else None, "params": item.params if item else None,
-            "error": error, "line": item.line if item else line, "clipped": clipped, "finished": _now()}
+            "error": None if error is None else _cap(error), "line": item.line if item else line,
+            "clipped": clipped, "finished": _now(), "model": item.model if item else None}
 
 
 # ----------------------------------------------------------------------------------------- generation
@@ -495,7 +562,14 @@ def _default_warn(message: str) -> None:
 
 def _lock(out: Path):
     """An exclusive lock on the output folder (POSIX): two jobs must not write one manifest."""
-    f = open(out / LOCK_NAME, "a+b")  # noqa: SIM115 - held for the job's lifetime
+    from magnet_fast.io.files import open_nofollow
+    try:
+        fd = open_nofollow(out / LOCK_NAME, os.O_RDWR | os.O_CREAT)   # a (dangling) symlink: ELOOP, not followed
+    except OSError as e:
+        why = "is a symbolic link; refusing to write through it" if e.errno == errno.ELOOP else \
+            f"cannot be created ({e.strerror or e})"
+        raise JobError(f"lock file {out / LOCK_NAME} {why}: remove it or choose another --out") from None
+    f = os.fdopen(fd, "a+b")  # noqa: SIM115 - held for the job's lifetime
     try:
         import fcntl
     except ImportError:                                   # not POSIX: no lock
@@ -510,11 +584,19 @@ def _lock(out: Path):
 
 
 def prepare(job: str | Path, out: str | Path, defaults: dict | None = None,
-            warn: Callable[[str], None] | None = None) -> JobPlan:
-    """Parse the job, lock and tidy the output folder, load the manifest, decide what is left to do."""
+            warn: Callable[[str], None] | None = None, *, force: bool = False, model=None) -> JobPlan:
+    """Parse the job, lock and tidy the output folder, load the manifest, decide what is left to do.
+    ``model``: what ``model_key`` identifies (a ModelSpec or a loaded model; the resume key includes it).
+    ``force``: files in the folder that no manifest record names may be replaced (else JobError)."""
+    from magnet_fast.io.files import check_path
     warn = warn or _default_warn
+    if isinstance(out, str) and not out.strip():
+        raise JobError("--out is empty; pass the output folder (e.g. --out runs/job1)")
+    out = check_path(out, "--out", JobError)
     items, line_errors = parse_job(job, defaults)
-    out = Path(out)
+    key = model_key(model)
+    for it in items:
+        it.model = key
     if out.exists() and not out.is_dir():
         raise JobError(f"--out {out} is a file; pass a folder")
     try:
@@ -530,11 +612,94 @@ def prepare(job: str | Path, out: str | Path, defaults: dict | None = None,
             if _TEMP.match(stale.name) and stale.is_file():
                 stale.unlink(missing_ok=True)
         manifest = Manifest(out / MANIFEST_NAME, warn)
-        pending, skipped = _todo(items, manifest, out, warn)
+        try:
+            pending, skipped = _todo(items, manifest, out, warn)
+            _check_targets(pending, manifest, out, force)
+            _announce(out, [it.file for it in pending])
+        except BaseException:
+            manifest.close()
+            raise
     except BaseException:
         lock.close()
         raise
     return JobPlan(out, manifest, pending, skipped, line_errors, len(items) + len(line_errors), lock)
+
+
+def _check_targets(pending: list[Item], manifest: Manifest, out: Path, force: bool) -> None:
+    """Before any work: no pending item's file is a symlink, and none is a file that no manifest record
+    names (the user's own ``a.wav``) unless ``force``."""
+    unknown = []
+    announced = _announced(out)
+    for it in pending:
+        path = out / it.file
+        if path.is_symlink():
+            raise JobError(f"{path} is a symbolic link; refusing to write through it (it could point outside "
+                           "the output folder): remove the link or choose another --out")
+        if path.exists() and it.file not in manifest.files and it.file not in announced:
+            unknown.append(it.file)
+    if unknown and not force:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise JobError(f"{out} holds {', '.join(unknown[:3])}{more}, which this job would overwrite but its "
+                       "manifest does not know; move them away, choose another --out, or pass --force to "
+                       "replace them")
+
+
+def _announced(out: Path) -> set[str]:
+    from magnet_fast.io.files import MAX_MANIFEST_BYTES, read_regular, refuse_symlink, split_lines
+    path = out / FILES_NAME
+    refuse_symlink(path, "file list", JobError)
+    if not path.exists():
+        return set()
+    data = read_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="file list", error=JobError)
+    return {n for n in split_lines(data, max_line=1 << 16, decode_errors=False, error=JobError) if n}
+
+
+def _announce(out: Path, names: list[str]) -> None:
+    """Append the files this run is about to write to ``FILES_NAME`` (one write, fsynced, O_NOFOLLOW)."""
+    from magnet_fast.io.files import open_nofollow
+    if not names:
+        return
+    try:
+        fd = open_nofollow(out / FILES_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as e:
+        raise JobError(f"cannot write {out / FILES_NAME} ({e.strerror or e}); choose another --out") from None
+    try:
+        view = memoryview("".join(n + "\n" for n in names).encode("utf-8"))
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def model_key(model) -> dict | None:
+    """What of the model changes an item's bytes, for the resume key: the weights' identity (digest of
+    config.json + model.safetensors), the engine kind, attention backend, compute dtype and device kind.
+    A ModelSpec gives it before loading (attention: as requested, 'default' when not given); a loaded
+    engine from its state; anything else (a callable) None."""
+    try:
+        import torch
+
+        from magnet_fast.engines.inputs import check_dtype
+        from magnet_fast.io.files import model_identity
+        if isinstance(model, ModelSpec):
+            device = torch.device(model.device)
+            folder, kw = Path(model.path), model.kwargs
+            dtype = check_dtype(kw.get("dtype"), device)
+            return {"digest": model_identity(folder), "loader": model.loader,
+                    "attention": kw.get("attention") or "default", "dtype": str(dtype).replace("torch.", ""),
+                    "device": device.type}
+        path = getattr(model, "path", None)
+        if path is not None and hasattr(model, "generate"):
+            return {"digest": model_identity(Path(path)), "loader": f"{type(model).__module__}:{type(model).__name__}",
+                    "attention": str(getattr(model, "attention_backend", "default")),
+                    "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+                    "device": torch.device(getattr(model, "device", "cpu")).type}
+    except MagnetFastError:
+        raise
+    except Exception:  # noqa: BLE001 - an unusual model object: no key (compared as None)
+        return None
+    return None
 
 
 def _todo(items: list[Item], manifest: Manifest, out: Path, warn) -> tuple[list[Item], list[Item]]:
@@ -546,7 +711,10 @@ def _todo(items: list[Item], manifest: Manifest, out: Path, warn) -> tuple[list[
         if rec is None or rec.get("status") != "done":
             pending.append(it)
             continue
-        same = (rec.get("text"), rec.get("seed"), canonical(rec.get("params") or {})) == it.request()
+        # a model object we cannot identify (a callable loading something) compares text, seed, params only
+        model = rec.get("model") if it.model is not None else None
+        same = (rec.get("text"), rec.get("seed"), canonical(rec.get("params") or {}),
+                canonical(model)) == it.request()
         path = out / it.file
         if not same or rec.get("file") != it.file:
             changed += 1
@@ -557,17 +725,28 @@ def _todo(items: list[Item], manifest: Manifest, out: Path, warn) -> tuple[list[
         else:
             skipped.append(it)
     if changed:
-        warn(f"{changed} item(s) of the manifest asked for another text, seed or parameters; generating them "
-             "again")
+        warn(f"{changed} item(s) of the manifest asked for another text, seed or parameters (or another model: "
+             "weights, attention, dtype or device); generating them again")
     if missing:
         warn(f"{missing} done item(s) have a missing or modified file; generating them again")
     return pending, skipped
 
 
+SHOWN_LINE_ERRORS = 5
+
+
 def record_line_errors(plan: JobPlan, warn: Callable[[str], None]) -> None:
-    for e in plan.line_errors:
+    """Warn about the first SHOWN_LINE_ERRORS bad lines and the count of the rest; record them in one
+    manifest write; lines already recorded by an earlier run (same line, same error) are not recorded again."""
+    errors = plan.line_errors
+    for e in errors[:SHOWN_LINE_ERRORS]:
         warn(e.error)
-        plan.manifest.append(make_row(None, "failed", error=e.error, line=e.line, item_id=e.id))
+    if len(errors) > SHOWN_LINE_ERRORS:
+        warn(f"... and {len(errors) - SHOWN_LINE_ERRORS} more bad line(s) (all recorded in "
+             f"{plan.manifest.path})")
+    new = [make_row(None, "failed", error=e.error, line=e.line, item_id=e.id) for e in errors
+           if (e.line, _cap(e.error)) not in plan.manifest.line_errors]
+    plan.manifest.append_many(new)
 
 
 def _bar(total: int, quiet: bool):
@@ -577,14 +756,15 @@ def _bar(total: int, quiet: bool):
 
 def run_skeleton(job: str | Path, out: str | Path, setup: Callable[[JobPlan], Callable], *,
                  defaults: dict | None = None, quiet: bool = True,
-                 warn: Callable[[str], None] | None = None) -> JobSummary:
+                 warn: Callable[[str], None] | None = None, force: bool = False, model=None) -> JobSummary:
     """What every job runner does around the generation (``run_job`` here, ``ray_jobs.run_ray_job`` on Ray):
     parse the job, lock and tidy the output folder, record the bad lines, and, when something is left to
     do, ``setup(plan)`` (load the model, start a cluster: not timed) returns ``run(record)``, which
     generates ``plan.pending`` and calls ``record(row)`` for each finished item's manifest row (appended
-    and fsynced at once, counted on the progress bar). The folder is unlocked whatever happens."""
+    and fsynced at once, counted on the progress bar). The folder is unlocked whatever happens. ``force`` and
+    ``model``: see ``prepare``."""
     warn = warn or _default_warn
-    plan = prepare(job, out, defaults, warn)
+    plan = prepare(job, out, defaults, warn, force=force, model=model)
     try:
         record_line_errors(plan, warn)
         rows: list[dict] = []
@@ -606,14 +786,15 @@ def run_skeleton(job: str | Path, out: str | Path, setup: Callable[[JobPlan], Ca
 
 def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = None,
             max_batch: int | None = None, threads: int | None = None, quiet: bool = True,
-            warn: Callable[[str], None] | None = None) -> JobSummary:
+            warn: Callable[[str], None] | None = None, force: bool = False) -> JobSummary:
     """Run a job file in this process. ``model``: a loaded model (``generate`` protocol), a ``ModelSpec``
     or a zero-argument callable (loaded only when something is left to do). ``defaults``: generation
     parameters for lines that do not set them. ``max_batch``: items decoded together (default 4 on CPU,
     32 on CUDA). ``threads``: torch CPU threads for this process. Returns a JobSummary (``summary.failed``
-    > 0 when anything failed)."""
-    from magnet_fast.engines.inputs import check_max_batch
+    > 0 when anything failed). ``force``: replace files in ``out`` that the manifest does not know."""
+    from magnet_fast.engines.inputs import check_max_batch, check_threads
     check_max_batch(max_batch)
+    check_threads(threads)
 
     def setup(plan: JobPlan):
         nonlocal model
@@ -634,7 +815,7 @@ def run_job(job: str | Path, out: str | Path, model, *, defaults: dict | None = 
                         record(row)
         return run
 
-    return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn)
+    return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn, force=force, model=model)
 
 
 def summarize(plan: JobPlan, rows: list[dict], wall: float) -> JobSummary:

@@ -92,7 +92,7 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
                 defaults: dict | None = None, max_batch: int | None = None, replicas: int = 1,
                 address: str | None = None, threads: int | None = None, num_cpus: float | None = None,
                 num_gpus: float | None = None, quiet: bool = True,
-                warn: Callable[[str], None] | None = None) -> JobSummary:
+                warn: Callable[[str], None] | None = None, force: bool = False) -> JobSummary:
     """Run a job file on Ray Data; same outputs, manifest and resumability as ``jobs.run_job``.
 
     model: a ``ModelSpec`` (or a picklable zero-argument callable) that each replica loads once.
@@ -104,6 +104,8 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
     from magnet_fast.engines.inputs import check_max_batch
     ray = require_ray()
     check_max_batch(max_batch)
+    from magnet_fast.engines.inputs import check_threads
+    check_threads(threads)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise JobError(f"replicas must be a positive integer, got {replicas!r}")
     if not isinstance(model, ModelSpec) and (hasattr(model, "generate") or not callable(model)):
@@ -158,7 +160,7 @@ def run_ray_job(job: str | Path, out: str | Path, model: ModelSpec | Callable, *
         return run
 
     try:
-        return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn)
+        return run_skeleton(job, out, setup, defaults=defaults, quiet=quiet, warn=warn, force=force, model=model)
     finally:
         if started:
             ray.shutdown()

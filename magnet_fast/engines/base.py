@@ -16,12 +16,15 @@ from magnet_fast.engines.inputs import (
     check_flag,
     check_generator,
     check_max_batch,
+    check_model_folder,
     check_prompt,
+    memory_chunk,
     prompt_audio_tensor,
 )
 from magnet_fast.engines.longform import generate_windows
 from magnet_fast.engines.request import Progress, Request
 from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
+from magnet_fast.io.files import serialised_load
 from magnet_fast.nn.conditioning import TextEncoder, encode_condition
 from magnet_fast.nn.loading import load_lm
 from magnet_fast.nn.model import MagnetLM
@@ -85,7 +88,8 @@ class Engine:
             raise ParameterError("callback must be callable (done, total) or None")
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
         check_generator(generator, self.device)
-        max_batch = check_max_batch(max_batch)
+        # a default chunk from a memory estimate when max_batch is not given (many prompts in one call)
+        max_batch = memory_chunk(self, len(descriptions), check_max_batch(max_batch))
         batch_invariant = bool(check_flag(batch_invariant, "batch_invariant"))
         check_seed(seed, len(descriptions))
         return Request(tuple(descriptions), params, frames, prompt, seed, generator, batch_invariant, max_batch,
@@ -192,6 +196,7 @@ class Engine:
         self._codec = codec
 
     @classmethod
+    @serialised_load                                  # one load at a time per process (issue 24)
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
                         t5: str | Path | None = None, codec: str | Path | None = None,
                         allow_download: bool = False, attention: str | None = None,
@@ -207,7 +212,7 @@ class Engine:
         (``set_attention``; 'exact' is the bitwise parity mode). cuda_graphs: None ('auto' on CUDA) or see
         ``set_cuda_graphs``.
         """
-        folder = Path(path)
+        folder = check_model_folder(path)            # None, NUL, over-long names: one CheckpointError
         cfg = MagnetConfig.load(folder)
         if cfg.kind != cls.KIND:
             raise ConfigError(f"{folder} is a {cfg.kind} model ({ENGINES[cfg.kind]}), not a {cls.KIND} model: load "

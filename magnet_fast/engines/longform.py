@@ -49,6 +49,9 @@ def long_form(duration, extend_stride, *, window_s: float, frame_rate: int, wind
         stride = check_stride(extend_stride, window_s, frame_rate, window_frames)
     elif long:
         stride = check_stride(default_stride_s, window_s, frame_rate, window_frames)
+    if long:
+        from magnet_fast.engines.inputs import check_windows
+        check_windows(round(duration * frame_rate), window_frames, stride, frame_rate)   # issue 24: bounded
     return (round(duration * frame_rate), stride) if long else None
 
 

@@ -124,6 +124,8 @@ class MagnetFast(Engine):
         """``generate_tokens``' keywords -> a validated ``Request`` (every check before any work);
         ``sampling``: the ``SamplingParams`` overrides (decoding_steps, temperature, top_p, ...)."""
         check_descriptions(descriptions)
+        from magnet_fast.engines.inputs import plain_number  # np.float32 durations like np.float64
+        duration, extend_stride, hybrid_seconds = map(plain_number, (duration, extend_stride, hybrid_seconds))
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
         params = self.params(**sampling)
@@ -138,6 +140,8 @@ class MagnetFast(Engine):
             if prompt is not None:
                 raise ParameterError("hybrid generates MAGNeT's prompt itself: pass prompt (or prompt_audio) or "
                                      "hybrid, not both")
+            from magnet_fast.engines.inputs import check_hybrid_fits
+            check_hybrid_fits(hybrid_seconds, duration, self.duration, self.frame_rate)   # issue 24
             plan = HybridPlan(self, hybrid, hybrid_seconds, hybrid_params, frames)
         return self._request(descriptions, params, frames, prompt=prompt, seed=seed, generator=generator,
                              batch_invariant=batch_invariant, max_batch=max_batch, progress=progress,

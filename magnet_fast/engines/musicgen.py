@@ -110,6 +110,8 @@ class MusicGenFast(Engine):
         ``sampling``: the ``ARParams`` overrides (use_sampling, temperature, top_k, top_p, cfg_coef,
         two_step_cfg)."""
         check_descriptions(descriptions)
+        from magnet_fast.engines.inputs import plain_number  # np.float32 durations like np.float64
+        duration, extend_stride = plain_number(duration), plain_number(extend_stride)
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
         long = long_form_plan(self.config, duration, extend_stride)

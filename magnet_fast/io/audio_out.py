@@ -66,8 +66,8 @@ def loudness(wav: torch.Tensor, sample_rate: int) -> float:
     below the absolute gate (silence). wav: [C, T] or [T], at most 5 channels."""
     if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or wav.shape[-1] == 0:
         raise ParameterError("wav must be a non-empty tensor [C, T] or [T]")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ParameterError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    from magnet_fast.engines.inputs import check_sample_rate
+    sample_rate = check_sample_rate(sample_rate)            # 2**30 Hz would size an 8.6 GB FFT
     x = wav.detach().to("cpu", torch.float64)
     if x.dim() == 1:
         x = x[None]
@@ -150,6 +150,9 @@ def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "
     return wav
 
 
+MAX_CHANNELS = 64          # channels audio_write accepts (libsndfile's WAV writer refuses far more, without a hint)
+
+
 def audio_write(stem_name, wav: torch.Tensor, sample_rate: int, format: str = "wav", mp3_rate: int = 320,
                 ogg_rate: int | None = None, normalize: bool = True, strategy: str = "peak",
                 peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
@@ -162,10 +165,12 @@ def audio_write(stem_name, wav: torch.Tensor, sample_rate: int, format: str = "w
     if format != "wav":
         raise ParameterError(f"format {format!r} is not supported: magnet_fast writes WAV only (format='wav'); "
                              "convert the file afterwards (e.g. ffmpeg) for mp3/ogg/flac")
+    from magnet_fast.engines.inputs import check_sample_rate
+    from magnet_fast.io.files import check_path
     if not isinstance(wav, torch.Tensor) or not wav.dtype.is_floating_point:
         raise ParameterError("wav must be a floating point tensor [C, T] or [T]")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    sample_rate = check_sample_rate(sample_rate)            # >= 2**31 overflows the WAV header
+    check_path(str(stem_name) + (".wav" if add_suffix else ""), "stem_name")   # NUL, over-long names
     wav = wav.detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]
@@ -174,6 +179,11 @@ def audio_write(stem_name, wav: torch.Tensor, sample_rate: int, format: str = "w
                              "of a batch at a time (wav[i])")
     if wav.shape[-1] == 0:
         raise ParameterError("wav is empty")
+    if wav.shape[0] > MAX_CHANNELS:
+        hint = (f"; it looks like [T, C] (time first): pass wav.T, i.e. [{wav.shape[1]}, {wav.shape[0]}]"
+                if wav.shape[1] <= MAX_CHANNELS else "")
+        raise ParameterError(f"wav has {wav.shape[0]} channels (shape [C, T] = {list(wav.shape)}); WAV output takes "
+                             f"at most {MAX_CHANNELS}{hint}")
     if not wav.isfinite().all():
         raise ParameterError("wav contains NaN or inf samples")
     wav = normalize_audio(wav, normalize, strategy, peak_clip_headroom_db, rms_headroom_db, loudness_headroom_db,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from magnet_fast.errors import CheckpointError, ParameterError
-from magnet_fast.io.files import resolve_pretrained
+from magnet_fast.io.files import resolve_pretrained, serialised_load
 
 # names audiocraft's CompressionModel.get_pretrained resolves to something that is not an EnCodec
 NON_ENCODEC_POINTERS = ("dac_44khz", "dac_24khz", "debug_compression_model")
@@ -44,6 +44,7 @@ class Codec:
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    @serialised_load                                  # lazy transformers imports are not thread-safe
     def load(cls, model_dir: Path, note: dict, device="cpu", override: str | Path | None = None,
              allow_download: bool = False) -> Codec:
         """Load the codec a converted model records in ``note`` (config.json's "codec").
@@ -175,14 +176,8 @@ class Codec:
         sample_rate = int(sample_rate)
         wav = wav.to(self.device, torch.float32)
         if sample_rate != self.sample_rate:
-            try:
-                import julius
-            except ImportError:
-                raise ParameterError(
-                    f"audio at {sample_rate} Hz must be resampled to the codec's {self.sample_rate} Hz; "
-                    "install julius (`pip install julius`, the resampler audiocraft uses) or resample it "
-                    "yourself") from None
-            wav = julius.resample_frac(wav, sample_rate, self.sample_rate)
+            from magnet_fast.io.audio import resample  # julius where cheap, bounded otherwise (issue 24)
+            wav = resample(wav, sample_rate, self.sample_rate)
             if wav.shape[-1] < 1:
                 raise ParameterError("wav is too short to be resampled to the codec's sample rate")
         src = wav.shape[1]

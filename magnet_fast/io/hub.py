@@ -35,10 +35,17 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from magnet_fast.errors import CheckpointError
-from magnet_fast.io.files import atomic_write_bytes, looks_like_path, sha256_file
+from magnet_fast.io.files import (
+    atomic_write_bytes,
+    looks_like_path,
+    serialised_load,
+    sha256_file,
+    verify_digests,
+)
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -82,6 +89,7 @@ def is_converted(folder: Path) -> bool:
     return fmt == FORMAT and (folder / WEIGHTS_NAME).is_file()
 
 
+@serialised_load                                   # conversions into the cache: one at a time per process
 def resolve_model(source, *, allow_download: bool = False) -> Path:
     """A hub name, an audiocraft export (folder or its state_dict.bin) or a converted folder -> the
     converted model folder to load (converting into the cache when needed). CheckpointError / ConfigError
@@ -91,7 +99,8 @@ def resolve_model(source, *, allow_download: bool = False) -> Path:
     if not isinstance(source, str) or not source.strip():
         raise CheckpointError(f"model name must be a Hugging Face model name (e.g. 'facebook/magnet-small-10secs') "
                               f"or a folder, got {source!r}")
-    path = Path(source).expanduser()
+    from magnet_fast.io.files import check_path
+    path = check_path(source, "model name or folder", CheckpointError).expanduser()
     if path.exists():
         return _from_local(path)
     if looks_like_path(source):
@@ -196,9 +205,14 @@ def _slug(label: str) -> str:
 def _converted(files: dict[str, Path], label: str) -> Path:
     from magnet_fast.io.convert import convert
     out = converted_root() / f"{_slug(label)}-{cache_key(files)}"
-    if is_converted(out):
-        log.debug("magnet_fast: using the converted %s at %s", label, out)
-        return out
+    if out.exists() or out.is_symlink():
+        why = verify_digests(out) if out.is_dir() and not out.is_symlink() else "not a folder"
+        if why is None:
+            log.debug("magnet_fast: using the converted %s at %s", label, out)
+            return out
+        warnings.warn(f"magnet_fast: the converted cache entry {out} is damaged ({why}); reconverting it from "
+                      f"{label}", UserWarning, stacklevel=3)
+        _set_aside(out)
     log.info("magnet_fast: converting %s once into %s", label, out)
     staging = None
     src = files[LM_FILE].parent
@@ -222,6 +236,17 @@ def _converted(files: dict[str, Path], label: str) -> Path:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _set_aside(out: Path) -> None:
+    """Move a damaged cache entry out of the way (one rename, so a reader never sees it half removed), then
+    delete it; the conversion that follows writes a fresh one atomically."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=_parent_for(out)))
+    try:
+        os.replace(out, old / out.name)
+    except FileNotFoundError:                    # another process set it aside first
+        pass
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _parent_for(out: Path) -> Path:

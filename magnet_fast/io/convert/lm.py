@@ -18,7 +18,7 @@ from magnet_fast.errors import CheckpointError, ConfigError
 from magnet_fast.io.convert.codec import convert_codec
 from magnet_fast.io.convert.xpcfg import XpConfig, load_xp_yaml
 from magnet_fast.io.convert.zipcheck import check_zip_sizes
-from magnet_fast.io.files import atomic_dir, load_pickle_safely, sha256_file
+from magnet_fast.io.files import atomic_dir, load_pickle_safely, record_digests, sha256_file
 from magnet_fast.params import MUSICGEN_DEFAULT_DURATION, ARParams, SamplingParams
 
 LM_FILE = "state_dict.bin"
@@ -295,4 +295,5 @@ def convert(src: str | Path, out: str | Path, *, dtype: str | None = None, overw
                                       f"expects {cfg.n_q} x {cfg.card}; the two files do not belong together")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "magnet_fast/1"})
         cfg.save(tmp)
+        record_digests(tmp)                   # size + SHA-256 of every file: verified when the cache loads it
     return out
