@@ -111,8 +111,9 @@ def banded_attn_fwd_kernel(
              mask=m_m[:, None] & m_d[None, :])
     if STORE_LSE:
         # natural-log log-sum-exp of the row's scaled scores, for the backward (triton_bwd.py):
-        # sum_s exp(scale*q.k_s) = 2^m * l in log2 units. Every real row sees itself, so l > 0 there.
-        tl.store(lse + i_bh * T + o_mt, (b_m + tl.log2(b_l)) * LN2, mask=m_m)
+        # sum_s exp(scale*q.k_s) = 2^m * l in log2 units. Every real row sees itself, so l > 0 there
+        # (padded rows have l = 0: log2 of 1 instead, never stored).
+        tl.store(lse + i_bh * T + o_mt, (b_m + tl.log2(tl.where(m_m, b_l, 1.0))) * LN2, mask=m_m)
 
 
 def block_config(T: int, D: int, banded: bool, window: int, interpret: bool | None = None,
