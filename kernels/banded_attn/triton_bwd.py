@@ -238,12 +238,11 @@ def bwd_block_config(D: int, banded: bool, window: int, interpret: bool | None =
         tile = {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1}
         return {"dkdv": dict(tile), "dq": dict(tile), "delta": delta}
     small_band = banded and window <= 32
-    if fp32:                                    # IEEE fp32 dots: twice the registers of 16-bit tiles
-        if D <= 64:
-            return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 2},
-                    "dq": {"BM": 32, "BN": 16, "num_warps": 4, "num_stages": 2}, "delta": delta}
-        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 8, "num_stages": 2},
-                "dq": {"BM": 32, "BN": 16, "num_warps": 8, "num_stages": 2}, "delta": delta}
+    if fp32:
+        # IEEE fp32 dots hold twice the registers of 16-bit tiles. 8 warps spill at D = 80 and 96 (ptxas caps
+        # them at 128 registers: STACK 16-24 B on Triton 3.9); 4 warps do not, at any D.
+        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 2},
+                "dq": {"BM": 32, "BN": 16, "num_warps": 4, "num_stages": 2}, "delta": delta}
     if D > 64:
         return {"dkdv": {"BM": 16, "BN": 64, "num_warps": 8, "num_stages": 2},
                 "dq": {"BM": 64, "BN": 16, "num_warps": 8, "num_stages": 2}, "delta": delta}
