@@ -272,6 +272,7 @@ def _setup_lse(ctx, inputs, output):
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.window, ctx.scale = window, scale
+    ctx.set_materialize_grads(False)            # an unused lse gets None, not a zero tensor to subtract
 
 
 def _backward_lse(ctx, do, glse):
