@@ -4,11 +4,17 @@
 ``banded_attention_op`` is the ``magnet_fast::banded_attn`` custom op (Triton on CUDA, naive on CPU),
 imported lazily so that importing this package does not import Triton.
 """
-from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
+from magnet_fast.kernels.banded_attn.naive import (
+    band_bias,
+    banded_attention,
+    banded_attention_bwd,
+    banded_attention_lse,
+)
 
 SUPPORTED_D = (16, 32, 48, 64, 80, 96, 128)      # head dims the Triton kernel is built and tested for
 
-__all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_op"]
+__all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_bwd", "banded_attention_lse",
+           "banded_attention_op"]
 
 
 def __getattr__(name):

@@ -7,6 +7,9 @@ cast back to q's dtype.
 
 The arithmetic mirrors audiocraft 1.3.0's MAGNeT attention op for op (scale applied to q, an additive
 0/-inf band, dense softmax over all keys), which is what makes CPU fp32 parity bitwise.
+
+``banded_attention_lse`` / ``banded_attention_bwd`` are the reference of the backward (the ops' backward
+off CUDA, and what the Triton backward follows step for step; docs/kernels-backward.md).
 """
 from __future__ import annotations
 
