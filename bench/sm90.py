@@ -40,12 +40,13 @@ def attention_configs(quick: bool = False):
             # banded (the runtime's window is 5 frames) and full (window None / >= T-1)
             for banded, window in ((True, 5), (False, 10_000)):
                 fp32 = dtype == "fp32"
-                cfg = bt.block_config(1500, d, banded, window, interpret=False, fp32=fp32)
-                key = (dtype, d, banded, cfg["BM"], cfg["BN"], cfg["num_warps"], cfg["num_stages"])
-                if key in seen:
-                    continue
-                seen.add(key)
                 for store_lse in (False, True):      # inference, and training (saves the log-sum-exp)
+                    cfg = bt.block_config(1500, d, banded, window, interpret=False, fp32=fp32,
+                                          store_lse=store_lse)
+                    key = (dtype, d, banded, store_lse, cfg["BM"], cfg["BN"], cfg["num_warps"], cfg["num_stages"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
                     const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": cfg["BM"], "BN": cfg["BN"],
                              "BANDED": banded, "UPCAST": fp32, "IEEE": fp32, "STORE_LSE": store_lse}
                     name = "banded_attn_lse" if store_lse else "banded_attn"
@@ -166,13 +167,15 @@ def compile_one(fn, constexprs: dict, options: dict, dtype: str) -> dict:
 
 
 def extra_attention_config(spec: str):
-    """'dtype,D,band|full,BM,BN,warps,stages' -> one attention config (tiles the runtime does not pick)."""
-    dtype, d, kind, bm, bn, warps, stages = spec.split(",")
+    """'dtype,D,band|full,BM,BN,warps,stages[,lse]' -> one attention config (tiles the runtime does not pick;
+    ',lse': the training forward that also stores the log-sum-exp)."""
+    dtype, d, kind, bm, bn, warps, stages, *lse = spec.split(",")
     d, bm, bn, warps, stages = int(d), int(bm), int(bn), int(warps), int(stages)
     fp32 = dtype == "fp32"
     const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": bm, "BN": bn, "BANDED": kind == "band",
-             "UPCAST": fp32, "IEEE": fp32, "STORE_LSE": False}
-    return (f"banded_attn {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
+             "UPCAST": fp32, "IEEE": fp32, "STORE_LSE": lse == ["lse"]}
+    name = "banded_attn_lse" if lse == ["lse"] else "banded_attn"
+    return (f"{name} {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
             {"num_warps": warps, "num_stages": stages}, dtype)
 
 
@@ -227,7 +230,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="write results.json + results.md here")
     ap.add_argument("--quick", action="store_true", help="fewer head dims and cards")
     ap.add_argument("--extra-attention", action="append", default=[], metavar="SPEC",
-                    help="also compile 'dtype,D,band|full,BM,BN,warps,stages' (a tile to evaluate)")
+                    help="also compile 'dtype,D,band|full,BM,BN,warps,stages[,lse]' (a tile to evaluate)")
     ap.add_argument("--extra-backward", action="append", default=[], metavar="SPEC",
                     help="also compile 'dkdv|dq,dtype,D,band|full,BM,BN,warps,stages' (a backward tile)")
     ap.add_argument("--only-extra", action="store_true",
