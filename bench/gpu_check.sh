@@ -158,6 +158,12 @@ has e2e-more && e2e e2e-cuda-small-b4-16 --batches 4 16
 if has kernels-more; then
     for dt in fp16 fp32; do run_stage "bench-$dt" 120 "$PY" bench/run.py --device cuda --dtype "$dt" --out "$OUT/bench-$dt"; done
 fi
+if has kernels-bwd; then   # banded-attention backward: its GPU tests, then Triton vs SDPA/Flex backward (bf16)
+    run_stage pytest-gpu-bwd 200 "$PY" -m pytest -m gpu tests/test_kernel_banded_attn_bwd.py -p no:cacheprovider \
+        -rA --junitxml "$OUT/pytest-gpu-bwd.xml"
+    run_stage bench-bwd 240 "$PY" -m pytest bench/test_kernels_bwd.py --benchmark-only -p no:cacheprovider -q \
+        --kernel-dtype bf16 --benchmark-max-time 0.3 --benchmark-json "$OUT/bench-bwd.json"
+fi
 has runtime-small30 && run_stage runtime-small-30s 200 "$PY" bench/runtime.py --device cuda --geometry small \
     --duration 30 --batches 1 4 --out "$OUT/runtime-small-30s"
 has runtime-medium10 && run_stage runtime-medium-10s 200 "$PY" bench/runtime.py --device cuda --geometry medium \

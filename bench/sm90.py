@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compile every kernel configuration the runtime can launch for Hopper (sm_90), without a GPU.
 
-    python bench/sm90.py [--out DIR] [--quick]
+    python bench/sm90.py [--out DIR] [--quick] [--only-backward]
 
 Triton compiles ahead of time for a target it is not running on: ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", 90, 32))`` builds the cubin on a CPU-only machine, and ``cuobjdump
@@ -40,19 +40,54 @@ def attention_configs(quick: bool = False):
             # banded (the runtime's window is 5 frames) and full (window None / >= T-1)
             for banded, window in ((True, 5), (False, 10_000)):
                 fp32 = dtype == "fp32"
-                cfg = bt.block_config(1500, d, banded, window, interpret=False, fp32=fp32)
-                key = (dtype, d, banded, cfg["BM"], cfg["BN"], cfg["num_warps"], cfg["num_stages"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": cfg["BM"], "BN": cfg["BN"],
-                         "BANDED": banded, "UPCAST": fp32, "IEEE": fp32}
-                cid = (f"banded_attn {dtype} D{d} {'band' if banded else 'full'} "
-                       f"{cfg['BM']}x{cfg['BN']} w{cfg['num_warps']} s{cfg['num_stages']}")
-                yield cid, const, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}, dtype
-                if d == 64:     # as torch.compile launches it: Python float arguments typed fp64
-                    yield (cid + " qk_scale:fp64", {**const, "_sig": {"qk_scale": "fp64"}},
-                           {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}, dtype)
+                for store_lse in (False, True):      # inference, and training (saves the log-sum-exp)
+                    cfg = bt.block_config(1500, d, banded, window, interpret=False, fp32=fp32,
+                                          store_lse=store_lse)
+                    key = (dtype, d, banded, store_lse, cfg["BM"], cfg["BN"], cfg["num_warps"], cfg["num_stages"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": cfg["BM"], "BN": cfg["BN"],
+                             "BANDED": banded, "UPCAST": fp32, "IEEE": fp32, "STORE_LSE": store_lse}
+                    name = "banded_attn_lse" if store_lse else "banded_attn"
+                    cid = (f"{name} {dtype} D{d} {'band' if banded else 'full'} "
+                           f"{cfg['BM']}x{cfg['BN']} w{cfg['num_warps']} s{cfg['num_stages']}")
+                    yield cid, const, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}, dtype
+                    if d == 64:     # as torch.compile launches it: Python float arguments typed fp64
+                        yield (cid + " qk_scale:fp64", {**const, "_sig": {"qk_scale": "fp64"}},
+                               {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}, dtype)
+
+
+def backward_configs(quick: bool = False):
+    """(kernel, id, constexprs, options, dtype) for every launch ``banded_attn_bwd`` can make on CUDA: the
+    delta kernel per (dtype, D), the dK/dV and dQ kernels per (dtype, D, banded/full)."""
+    from magnet_fast.kernels.banded_attn import triton_bwd as tb
+    dims = tb.SUPPORTED_D if not quick else (16, 64, 128)
+    seen = set()
+    for dtype in ("bf16", "fp16", "fp32"):
+        fp32 = dtype == "fp32"
+        for d in dims:
+            bd = 1 << (d - 1).bit_length()
+            delta = tb.bwd_block_config(d, True, 5, interpret=False, fp32=fp32)["delta"]
+            yield (tb.banded_attn_bwd_delta_kernel, f"banded_attn_bwd_delta {dtype} D{d} {delta['BT']} "
+                   f"w{delta['num_warps']}", {"D": d, "BD": bd, "BT": delta["BT"], "HAS_GLSE": False},
+                   {"num_warps": delta["num_warps"], "num_stages": 1}, dtype)
+            for banded, window in ((True, 5), (True, 40), (False, 10_000)):
+                cfg = tb.bwd_block_config(d, banded, window, interpret=False, fp32=fp32)
+                for name, fn in (("dkdv", tb.banded_attn_bwd_dkdv_kernel), ("dq", tb.banded_attn_bwd_dq_kernel)):
+                    c = cfg[name]
+                    key = (name, dtype, d, banded, c["BM"], c["BN"], c["num_warps"], c["num_stages"])
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    const = {"D": d, "BD": bd, "BM": c["BM"], "BN": c["BN"], "BANDED": banded, "UPCAST": fp32,
+                             "IEEE": fp32}
+                    opts = {"num_warps": c["num_warps"], "num_stages": c["num_stages"]}
+                    cid = (f"banded_attn_bwd_{name} {dtype} D{d} {'band' if banded else 'full'} "
+                           f"{c['BM']}x{c['BN']} w{c['num_warps']} s{c['num_stages']}")
+                    yield fn, cid, const, opts, dtype
+                    if d == 64 and banded and window == 5:          # torch.compile's fp64 Python floats
+                        yield fn, cid + " sm_scale:fp64", {**const, "_sig": {"sm_scale": "fp64"}}, opts, dtype
 
 
 def sampler_configs(quick: bool = False):
@@ -73,10 +108,11 @@ def sampler_configs(quick: bool = False):
 
 def _signature(fn, dtype: str, constexprs: dict) -> dict:
     """Triton signature strings for the kernels' pointer / int / float arguments."""
-    ptr = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "cond": dtype, "uncond": dtype, "noise": "fp32",
+    ptr = {"q": dtype, "k": dtype, "v": dtype, "o": dtype, "do": dtype, "dq": dtype, "dk": dtype, "dv": dtype,
+           "lse": "fp32", "glse": "fp32", "delta": "fp32", "cond": dtype, "uncond": dtype, "noise": "fp32",
            "tokens": "i64", "masked": "i1", "coef_p": "fp32", "temp_p": "fp32", "top_p_p": "fp32",
            "top_k_p": "i64", "greedy_p": "i1", "tok_out": "i64", "prob_out": "fp32", "score_out": "fp32"}
-    floats = {"qk_scale"}
+    floats = {"qk_scale", "sm_scale"}
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -131,43 +167,61 @@ def compile_one(fn, constexprs: dict, options: dict, dtype: str) -> dict:
 
 
 def extra_attention_config(spec: str):
-    """'dtype,D,band|full,BM,BN,warps,stages' -> one attention config (tiles the runtime does not pick)."""
-    dtype, d, kind, bm, bn, warps, stages = spec.split(",")
+    """'dtype,D,band|full,BM,BN,warps,stages[,lse]' -> one attention config (tiles the runtime does not pick;
+    ',lse': the training forward that also stores the log-sum-exp)."""
+    dtype, d, kind, bm, bn, warps, stages, *lse = spec.split(",")
     d, bm, bn, warps, stages = int(d), int(bm), int(bn), int(warps), int(stages)
     fp32 = dtype == "fp32"
     const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": bm, "BN": bn, "BANDED": kind == "band",
-             "UPCAST": fp32, "IEEE": fp32}
-    return (f"banded_attn {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
+             "UPCAST": fp32, "IEEE": fp32, "STORE_LSE": lse == ["lse"]}
+    name = "banded_attn_lse" if lse == ["lse"] else "banded_attn"
+    return (f"{name} {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
             {"num_warps": warps, "num_stages": stages}, dtype)
 
 
-def check(quick: bool = False, extra: list[str] = (), only_extra: bool = False) -> list[dict]:
+def extra_backward_config(spec: str):
+    """'dkdv|dq,dtype,D,band|full,BM,BN,warps,stages' -> (kernel, id, constexprs, options, dtype)."""
+    from magnet_fast.kernels.banded_attn import triton_bwd as tb
+    name, dtype, d, kind, bm, bn, warps, stages = spec.split(",")
+    d, bm, bn, warps, stages = int(d), int(bm), int(bn), int(warps), int(stages)
+    fn = {"dkdv": tb.banded_attn_bwd_dkdv_kernel, "dq": tb.banded_attn_bwd_dq_kernel}[name]
+    fp32 = dtype == "fp32"
+    const = {"D": d, "BD": 1 << (d - 1).bit_length(), "BM": bm, "BN": bn, "BANDED": kind == "band",
+             "UPCAST": fp32, "IEEE": fp32}
+    return (fn, f"banded_attn_bwd_{name} {dtype} D{d} {kind} {bm}x{bn} w{warps} s{stages} (extra)", const,
+            {"num_warps": warps, "num_stages": stages}, dtype)
+
+
+def check(quick: bool = False, extra: list[str] = (), only_extra: bool = False,
+          extra_backward: list[str] = (), only_backward: bool = False) -> list[dict]:
     from magnet_fast.kernels.banded_attn import triton as bt
     from magnet_fast.kernels.sample import triton as st
     rows = []
-    extras = [extra_attention_config(spec) for spec in extra]
-    plan = [(bt.banded_attn_fwd_kernel, extras)]
+    plan = [(bt.banded_attn_fwd_kernel, *c) for c in (extra_attention_config(spec) for spec in extra)]
+    plan += [extra_backward_config(spec) for spec in extra_backward]
     if not only_extra:
-        plan += [(bt.banded_attn_fwd_kernel, attention_configs(quick)),
-                 (st.sample_step_kernel, sampler_configs(quick))]
-    for fn, configs in plan:
-        for cid, const, opts, dtype in configs:
-            row = {"config": cid, **opts}
-            try:
-                row.update(compile_one(fn, const, opts, dtype))
-            except Exception as e:  # noqa: BLE001 - every compile failure becomes a failed row
-                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e) else ''}"
-            smem = max(row.get("SHARED", 0), row.get("SHARED_LAUNCH", 0))
-            problems = []
-            if "error" in row:
-                problems.append(row["error"])
-            if smem > SMEM_LIMIT:
-                problems.append(f"shared memory {smem} B > {SMEM_LIMIT} B")
-            if row.get("STACK", 0) > 0 and cid not in KNOWN_SPILLS:
-                problems.append(f"spills: STACK {row['STACK']} B")
-            row["ok"] = not problems
-            row["problems"] = problems
-            rows.append(row)
+        if not only_backward:
+            plan += [(bt.banded_attn_fwd_kernel, *c) for c in attention_configs(quick)]
+        plan += list(backward_configs(quick))
+        if not only_backward:
+            plan += [(st.sample_step_kernel, *c) for c in sampler_configs(quick)]
+    for fn, cid, const, opts, dtype in plan:
+        row = {"config": cid, **opts}
+        try:
+            row.update(compile_one(fn, const, opts, dtype))
+        except Exception as e:  # noqa: BLE001 - every compile failure becomes a failed row
+            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e) else ''}"
+        smem = max(row.get("SHARED", 0), row.get("SHARED_LAUNCH", 0))
+        problems = []
+        if "error" in row:
+            problems.append(row["error"])
+        if smem > SMEM_LIMIT:
+            problems.append(f"shared memory {smem} B > {SMEM_LIMIT} B")
+        if row.get("STACK", 0) > 0 and cid not in KNOWN_SPILLS:
+            problems.append(f"spills: STACK {row['STACK']} B")
+        row["ok"] = not problems
+        row["problems"] = problems
+        rows.append(row)
     return rows
 
 
@@ -176,12 +230,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="write results.json + results.md here")
     ap.add_argument("--quick", action="store_true", help="fewer head dims and cards")
     ap.add_argument("--extra-attention", action="append", default=[], metavar="SPEC",
-                    help="also compile 'dtype,D,band|full,BM,BN,warps,stages' (a tile to evaluate)")
-    ap.add_argument("--only-extra", action="store_true", help="compile only the --extra-attention configs")
+                    help="also compile 'dtype,D,band|full,BM,BN,warps,stages[,lse]' (a tile to evaluate)")
+    ap.add_argument("--extra-backward", action="append", default=[], metavar="SPEC",
+                    help="also compile 'dkdv|dq,dtype,D,band|full,BM,BN,warps,stages' (a backward tile)")
+    ap.add_argument("--only-extra", action="store_true",
+                    help="compile only the --extra-attention / --extra-backward configs")
+    ap.add_argument("--only-backward", action="store_true",
+                    help="only the backward kernels (delta, dK/dV, dQ) and the extras")
     args = ap.parse_args()
     import torch
     import triton
-    rows = check(args.quick, args.extra_attention, args.only_extra)
+    rows = check(args.quick, args.extra_attention, args.only_extra, args.extra_backward, args.only_backward)
     lines = ["| config | warps | stages | REG | STACK | SHARED | compile s | ok |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shared = max(r.get("SHARED", 0), r.get("SHARED_LAUNCH", 0))

@@ -4,10 +4,16 @@
 ``banded_attention_op`` is the ``magnet_fast::banded_attn`` custom op (Triton on CUDA, naive on CPU),
 imported lazily so that importing this package does not import Triton.
 """
-from magnet_fast.kernels.banded_attn.naive import band_bias, banded_attention
+from magnet_fast.kernels.banded_attn.naive import (
+    band_bias,
+    banded_attention,
+    banded_attention_bwd,
+    banded_attention_lse,
+)
 from magnet_fast.kernels.constants import SUPPORTED_D
 
-__all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_op"]
+__all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_bwd", "banded_attention_lse",
+           "banded_attention_op"]
 
 
 def __getattr__(name):

@@ -26,7 +26,9 @@ def test_every_launch_config_compiles_for_sm90(tmp_path):
     out = _compile_check(sys.executable, tmp_path)
     # the check covers both kernels, every head dim and the released card
     for needle in ("banded_attn bf16 D16 band", "banded_attn fp32 D128 full", "qk_scale:fp64",
-                   "sample_step bf16 card2048 span3", "sample_step fp32 card97 span1 prod"):
+                   "sample_step bf16 card2048 span3", "sample_step fp32 card97 span1 prod",
+                   "banded_attn_lse bf16 D80 band", "banded_attn_bwd_delta fp16 D16", "sm_scale:fp64",
+                   "banded_attn_bwd_dkdv bf16 D64 band", "banded_attn_bwd_dq fp32 D128 full"):
         assert needle in out
     done = out.strip().splitlines()[-1].split()
     assert done[0] == done[2] and int(done[0]) >= 60, out.strip().splitlines()[-1]   # "N of N configs ..."
