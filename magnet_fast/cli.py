@@ -510,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
+    from magnet_fast.serve.cli import add_parser as add_serve_parser
+    add_serve_parser(sub)                          # magnet-fast serve: HTTP API (magnet_fast/serve)
     return p
 
 
