@@ -123,8 +123,8 @@ def cmd_serve(args) -> int:
     settings = {"max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms, "max_queue": args.max_queue,
                 "timeout": args.timeout, "device": args.device, "dtype": args.dtype, "exact": args.exact,
                 "t5": args.t5, "max_duration": args.max_duration}
-    _check_port(args.host, args.port)
     if args.ray:
+        _check_port(args.host, args.port)
         from magnet_fast.serve.ray_serve import require_ray_serve, run_ray
         require_ray_serve()
         return run_ray(models, settings, host=args.host, port=args.port, replicas=args.replicas or 1,
@@ -133,6 +133,7 @@ def cmd_serve(args) -> int:
 
     from magnet_fast.serve.app import create_app
     app = create_app(models, **settings)             # folders and settings checked (exit 2 with one line)
+    _check_port(args.host, args.port)
     state = app.state.serve
     state.start()                                    # load now: a bad model is one line, not a traceback
     print(f"magnet-fast serve: {', '.join(models)} on http://{args.host}:{args.port}/ (web page /, API "
