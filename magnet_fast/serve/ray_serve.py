@@ -4,7 +4,6 @@ Ray's HTTP proxy spreads requests over the replicas. One replica per GPU on CUDA
 locally (``num_cpus``, default 0.5 per replica, so two replicas fit on a 2-core machine)."""
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 
@@ -34,9 +33,14 @@ def build_ray_app(models: dict, settings: dict | None = None, *, replicas: int =
     # a replica takes up to max_queue + max_batch requests at once: the batching happens inside it
     ongoing = max_ongoing_requests or int(settings.get("max_queue", 64)) + int(settings.get("max_batch") or 16)
 
+    folders = {k: str(v) for k, v in models.items()}
+
+    def build():                                  # runs in each replica (Ray calls a plain function there)
+        return create_app(folders, **settings)
+
     @serve.deployment(name="magnet_fast", num_replicas=replicas, ray_actor_options=options,
                       max_ongoing_requests=ongoing)
-    @serve.ingress(functools.partial(create_app, {k: str(v) for k, v in models.items()}, **settings))
+    @serve.ingress(build)
     class MagnetFastServe:
         pass
 

@@ -99,7 +99,7 @@ def server_env() -> dict:
 class Server:
     """``magnet-fast serve`` in a subprocess on 127.0.0.1 (stopped with SIGTERM)."""
 
-    def __init__(self, *args: str, log: Path):
+    def __init__(self, *args: str, log: Path, timeout: float = 180):
         import httpx
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -108,7 +108,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "magnet_fast.cli", "serve", "--host", "127.0.0.1",
                                       "--port", str(self.port), *args], env=server_env(), cwd=str(ROOT),
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.log()}")
