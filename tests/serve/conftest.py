@@ -26,10 +26,10 @@ def engines():
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """One real server for the session's tests: both demo models, batches of up to 8 (window 400 ms)."""
+    """One real server for the session's tests: both demo models, batches of up to 8 (window 1 s)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     s = Server("--model", f"magnet={DEMO}", "--model", f"musicgen={MG_DEMO}", "--max-batch", "8",
-               "--batch-window-ms", "400", log=log)
+               "--batch-window-ms", "1000", log=log)
     yield s
     code = s.stop()
     assert code == 0, s.log()
