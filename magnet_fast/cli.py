@@ -9,15 +9,9 @@ import warnings
 from pathlib import Path
 
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
-from magnet_fast.errors import MagnetFastError
+from magnet_fast.errors import MagnetFastError, UsageError
 
 CHUNK = {"cpu": 4, "cuda": 32}     # prompts decoded (and written) at a time when --max-batch is not given
-
-
-class UsageError(MagnetFastError):
-    """A command-line mistake (bad flag value, unreadable prompts file, ...). A MagnetFastError, so that the
-    one-line exit-2 contract holds whichever module instance raised it (``python -m magnet_fast.cli`` runs
-    this file as ``__main__`` while jobs.py raises ``magnet_fast.cli.UsageError``)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -528,11 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
+    from magnet_fast.serve.cli import add_parser as add_serve_parser
+    add_serve_parser(sub)                          # magnet-fast serve: HTTP API (magnet_fast/serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from magnet_fast.errors import MagnetFastError
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -26,6 +26,11 @@ class ResourceError(MagnetFastError, RuntimeError):
     """The device ran out of memory; the message says which batch size to use instead."""
 
 
+class UsageError(MagnetFastError):
+    """A command-line mistake (bad flag value, unreadable prompts file, ...): one line, exit 2 (every
+    MagnetFastError is, whichever frontend raised it)."""
+
+
 class BatchSplitWarning(UserWarning):
     """A batch ran out of memory and is being decoded in smaller chunks (shown by default, unlike
     ResourceWarning)."""
