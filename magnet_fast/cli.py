@@ -510,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
+    from magnet_fast.train.cli import add_parsers as add_train_parsers
+    add_train_parsers(sub)                         # magnet-fast prepare / finetune (magnet_fast/train/cli.py)
     return p
 
 

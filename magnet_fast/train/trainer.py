@@ -213,7 +213,7 @@ class Trainer:
             raise NumericsError(f"the loss is {float(loss)} at step {self.step_count}: training diverged or a "
                                 "batch has no masked frame; lower the learning rate (--lr) or check the data")
         (loss * scale).backward()
-        return float(loss)
+        return float(loss.detach())
 
     def optimizer_step(self) -> float:
         """Clip at 1.0, AdamW step at the scheduled lr, zero the gradients; returns the gradient norm."""

@@ -37,3 +37,31 @@ def converted(tmp_path_factory):
             cache[variant] = mf.convert(CHECKPOINTS[variant], root / variant)
         return cache[variant]
     return get
+
+
+def write_tiny_model(folder: Path, *, dim: int = 64, heads: int = 4, layers: int = 2, card: int = 64,
+                     seconds: float = 1.0, seed: int = 0) -> Path:
+    """A converted MAGNeT folder with random weights (torch's default init), the tiny T5 copied in: small
+    enough that training steps take milliseconds."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from magnet_fast.config import MagnetConfig, SamplingParams
+    from magnet_fast.model import MagnetLM
+    cfg = MagnetConfig(dim=dim, num_heads=heads, num_layers=layers, card=card, segment_duration=seconds,
+                       t5_name="t5", t5_dim=768, weights_dtype="float32",
+                       generation=SamplingParams(decoding_steps=(2, 2, 2, 2)))
+    torch.manual_seed(seed)
+    lm = MagnetLM(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(folder / "model.safetensors"))
+    cfg.save(folder)
+    shutil.copytree(T5_TINY, folder / "t5")
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    return write_tiny_model(tmp_path / "tiny")
