@@ -65,3 +65,27 @@ def write_tiny_model(folder: Path, *, dim: int = 64, heads: int = 4, layers: int
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     return write_tiny_model(tmp_path / "tiny")
+
+
+def write_token_data(folder: Path, tokens, texts, lengths=None) -> Path:
+    """A prepared data folder (index.jsonl + one shard per clip) holding ``tokens`` [N, n_q, T] as is."""
+    import torch
+    from safetensors.torch import save_file
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (t, text) in enumerate(zip(tokens, texts, strict=True)):
+        length = int(lengths[i]) if lengths is not None else t.shape[-1]
+        shard = f"shards/{i + 1:06d}.safetensors"
+        save_file({"tokens": t[None].to(torch.int16).contiguous(),
+                   "lengths": torch.tensor([length], dtype=torch.int32)}, str(folder / shard))
+        rows.append({"file": f"clip{i}.wav", "text": text, "shard": shard, "segments": 1})
+    (folder / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+CLIP_TEXTS = ["calm piano", "energetic edm with drums and bass", "funky disco groove", "slow jazz guitar"]
+
+
+def clips(card: int = 64, frames: int = 10, n: int = 4, seed: int = 1):
+    import torch
+    return torch.randint(0, card, (n, 4, frames), generator=torch.Generator().manual_seed(seed))
