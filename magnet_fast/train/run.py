@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.errors import MagnetFastError, NumericsError, ParameterError
+from magnet_fast._io import WriteError
+from magnet_fast.errors import NumericsError, ParameterError
 from magnet_fast.train import checkpoint as ckpt
 
 RUN_FILE = "run.json"
@@ -114,6 +115,24 @@ def finetune(settings: RunSettings, run_dir, *, progress: bool = True, on_step=N
     atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in log).encode())
     bar = tqdm(total=settings.steps, initial=trainer.step_count, desc="finetune", unit="step", disable=not progress)
     tokens_per_step = settings.batch_size * settings.grad_accum * cfg.n_q * cfg.frames
+    try:
+        last = _loop(settings, run_dir, trainer, data, position, log, log_path, last, bar, tokens_per_step, on_step)
+    except WriteError:
+        raise
+    except OSError as e:              # the log or a checkpoint could not be written (disk full, ...)
+        from magnet_fast._io import write_error
+        raise write_error(e, run_dir) from None
+    finally:
+        bar.close()
+    try:
+        write_loss_curve(run_dir / CURVE, [r["step"] for r in log], [r["loss"] for r in log])
+    except OSError as e:
+        from magnet_fast._io import write_error
+        raise write_error(e, run_dir / CURVE) from None
+    return {"steps": trainer.step_count, "final_loss": log[-1]["loss"] if log else None, "log": log}
+
+
+def _loop(settings, run_dir, trainer, data, position, log, log_path, last, bar, tokens_per_step, on_step):
     with open(log_path, "a", encoding="utf-8") as logf:
         while trainer.step_count < settings.steps:
             t0 = time.perf_counter()
@@ -141,12 +160,7 @@ def finetune(settings: RunSettings, run_dir, *, progress: bool = True, on_step=N
                 last = ckpt.save(trainer, run_dir, {"position": position})
             if on_step is not None:
                 on_step(trainer, row)
-    bar.close()
-    try:
-        write_loss_curve(run_dir / CURVE, [r["step"] for r in log], [r["loss"] for r in log])
-    except MagnetFastError:
-        raise
-    return {"steps": trainer.step_count, "final_loss": log[-1]["loss"] if log else None, "log": log}
+    return last
 
 
 def export_run(run_dir, out_dir, *, overwrite: bool = False) -> Path:

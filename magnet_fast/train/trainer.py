@@ -210,7 +210,7 @@ class Trainer:
         loss = self.loss(tokens, texts, lengths=lengths)
         if not torch.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise NumericsError(f"the loss is {float(loss)} at step {self.step_count}: training diverged or a "
+            raise NumericsError(f"the loss is {float(loss.detach())} at step {self.step_count}: training diverged or a "
                                 "batch has no masked frame; lower the learning rate (--lr) or check the data")
         (loss * scale).backward()
         return float(loss.detach())
