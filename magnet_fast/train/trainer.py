@@ -78,8 +78,9 @@ class Trainer:
             lm.requires_grad_(True)     # the LM + the text projection (audiocraft's trainable set); T5 apart
             self.params = [p for p in lm.parameters() if p.requires_grad]
         lm.train()
+        # foreach: one multi-tensor update (torch picks the per-tensor loop on CPU by default)
         self.optimizer = torch.optim.AdamW(self.params, lr=self.base_lr, betas=ADAMW_BETAS, eps=ADAMW_EPS,
-                                           weight_decay=weight_decay)
+                                           weight_decay=weight_decay, foreach=True)
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
