@@ -102,7 +102,7 @@ def main() -> None:
     rows, md = [], []
     meta = {**stamp("cpu"), "dim": args.dim, "heads": args.heads, "layers": args.layers, "batch": args.batch,
             "frames": frames, "card": 2048, "threads": args.threads, "repeats": args.repeats}
-    md += [f"# Training step on CPU: magnet_fast vs audiocraft 1.3.0 MagnetSolver.run_step", "",
+    md += ["# Training step on CPU: magnet_fast vs audiocraft 1.3.0 MagnetSolver.run_step", "",
            f"dim {args.dim}, {args.heads} heads, {args.layers} layers, card 2048, B={args.batch}, T={frames}, "
            f"{args.threads} threads, median of {args.repeats} (load at start {meta['loadavg_at_start']})", "",
            "| provider | first-step loss | gate (rel. err <= 1e-5) | step (s) | tokens/s | speed-up |",

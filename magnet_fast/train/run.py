@@ -13,8 +13,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from magnet_fast._io import WriteError
 from magnet_fast.errors import NumericsError, ParameterError
 from magnet_fast.train import checkpoint as ckpt

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from magnet_fast.errors import ConfigError, NumericsError, ParameterError
 from magnet_fast.train import Trainer
 from magnet_fast.train.run import RunSettings, finetune
 
-from .conftest import CLIP_TEXTS, T5_TINY, clips, write_tiny_model, write_token_data
+from .conftest import CLIP_TEXTS, clips, write_tiny_model, write_token_data
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:

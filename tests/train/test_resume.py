@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import CLIP_TEXTS, clips, write_token_data, write_tiny_model
+from .conftest import CLIP_TEXTS, clips, write_tiny_model, write_token_data
 
 STEPS = 60
 
