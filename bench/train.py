@@ -7,7 +7,8 @@ branch: loss, backward, clip 1.0, AdamW step) on the same weights and batch, in 
 1. Builds a random MAGNeT of the given geometry with audiocraft's builders (card 2048, 10 s: T = 500), saves
    it in the released format, converts it with magnet_fast.
 2. Gate: the first step's loss of every provider equals audiocraft's (same seeds: rel. err <= 1e-5).
-3. Times steps round-robin (audiocraft, ours with 'exact', ours with 'windowed' = the CPU default), the
+3. Times steps round-robin (audiocraft, then ours with each of --backends: 'exact', 'windowed' = the CPU
+   default, 'sdpa'), the
    median of --repeats after one warm-up each; T5 conditioning (with word dropout) included on both sides.
 audiocraft runs its own run_step on a solver object holding just what run_step reads
 (tests/fixtures/gen_train_reference.py, ``make_solver``), with AdamW (betas 0.9/0.95) and max_norm 1.0.
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backends", nargs="+", default=["exact", "windowed", "sdpa"],
+                    help="magnet_fast attention backends to time (exact = the parity mode, windowed = CPU default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +83,7 @@ def main() -> None:
         return float(solver.run_step(0, (tokens.clone(), infos), {})["ce"])
 
     providers = {"audiocraft": ac_step}
-    for backend in ("exact", "windowed"):
+    for backend in args.backends:
         tr = Trainer.from_pretrained(tmp / "converted", t5=t5, attention=backend)
 
         def ours(seed, tr=tr):

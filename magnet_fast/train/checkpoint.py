@@ -41,17 +41,17 @@ def save(trainer, run_dir: Path, extra: dict) -> Path:
     opt_tensors = {}
     for pid, st in opt["state"].items():
         for k, v in st.items():
-            opt_tensors[f"{pid}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().clone().contiguous()
+            opt_tensors[f"{pid}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().contiguous()
     rng = {"torch_cpu": torch.get_rng_state(), "cfg_dropout": trainer.cfg_generator.get_state()}
     if torch.cuda.is_available() and trainer.device.type == "cuda":
-        rng["torch_cuda"] = torch.cuda.get_rng_state(trainer.device)
+        rng["torch_cuda"] = torch.cuda.get_rng_state(trainer.device).cpu()
     py = random.getstate()
     state = {"step": trainer.step_count, "schedule": list(trainer.schedule),
              "param_groups": opt["param_groups"], "param_order": [n for n in params],
              "python_rng": [py[0], list(py[1]), py[2]], **extra}
     assert [index[id(p)] for p in params.values()] == list(range(len(params)))
     with atomic_dir(folder) as tmp:
-        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(tmp / "weights.safetensors"))
+        save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "weights.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))

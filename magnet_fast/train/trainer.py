@@ -26,10 +26,11 @@ MAX_GRAD_NORM = 1.0
 
 
 def default_attention(device: torch.device) -> str:
-    """'windowed' on CPU (autograd through plain torch); on CUDA 'triton' once the banded kernel has its
-    backward (``kernels.banded_attn.HAS_BACKWARD``), else 'sdpa'."""
+    """'sdpa' on CPU (torch's fused attention and its backward: the fastest CPU training step measured,
+    bench/train.py); on CUDA 'triton' once the banded kernel has its backward
+    (``kernels.banded_attn.HAS_BACKWARD``), else 'sdpa'."""
     if device.type != "cuda":
-        return "windowed"
+        return "sdpa"
     try:
         from magnet_fast.kernels import banded_attn
         return "triton" if getattr(banded_attn, "HAS_BACKWARD", False) else "sdpa"
@@ -243,7 +244,7 @@ class Trainer:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under the converted folder's keys, LoRA adapters merged (float32 copies)."""
         from magnet_fast.train.lora import plain_state_dict
-        return {k: v.detach().float().contiguous().clone() for k, v in plain_state_dict(self.model).items()}
+        return {k: v.detach().float().cpu().contiguous().clone() for k, v in plain_state_dict(self.model).items()}
 
     def export(self, out_dir, *, overwrite: bool = False) -> Path:
         """Write a converted model folder (config.json, model.safetensors float32, the source's t5/ and codec/)

@@ -71,9 +71,11 @@ def test_loss_and_gradients_match_audiocraft(train_ref, converted, variant):
     assert {s["stage"] == 0 for s in seen} == {True, False}      # stages 0 and > 0 both exercised
 
 
-def test_windowed_attention_within_tolerance(train_ref, converted):
-    """The CPU default ('windowed': other rounding) meets the same contract on the 10 s model."""
-    check_against(train_ref, "10s", converted("10s"), attention="windowed")
+@pytest.mark.parametrize("attention", ["sdpa", "windowed"])
+def test_other_attention_within_tolerance(train_ref, converted, attention):
+    """The CPU training default ('sdpa') and 'windowed' (other rounding, the head on the loss's positions
+    only) meet the same contract on the 10 s model."""
+    check_against(train_ref, "10s", converted("10s"), attention=attention)
 
 
 def test_a_different_seed_breaks_parity(train_ref, converted):
