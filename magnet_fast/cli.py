@@ -524,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
     from magnet_fast.serve.cli import add_parser as add_serve_parser
     add_serve_parser(sub)                          # magnet-fast serve: HTTP API (magnet_fast/serve)
+    from magnet_fast.train.cli import add_parsers as add_train_parsers
+    add_train_parsers(sub)                         # magnet-fast prepare / finetune (magnet_fast/train/cli.py)
     return p
 
 
