@@ -114,7 +114,7 @@ class MagnetFast(Engine):
         callback(done, total): called after every decoding step (total: the steps of one window).
         """
         descriptions = check_descriptions(descriptions)
-        from magnet_fast.inputs import plain_number      # np.float32 durations like np.float64 (issue 24)
+        from magnet_fast.inputs import plain_number  # np.float32 durations like np.float64 (issue 24)
         duration, extend_stride, hybrid_seconds = map(plain_number, (duration, extend_stride, hybrid_seconds))
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
@@ -137,7 +137,7 @@ class MagnetFast(Engine):
             plan = HybridPlan(self, hybrid, hybrid_seconds, hybrid_params, frames)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
-        from magnet_fast.inputs import memory_chunk       # a default chunk from a memory estimate (issue 24)
+        from magnet_fast.inputs import memory_chunk  # a default chunk from a memory estimate (issue 24)
         max_batch = memory_chunk(self, len(descriptions), max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
         fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))

@@ -237,7 +237,7 @@ def cmd_generate(args) -> int:
     prompt_wav = None
     if args.prompt_audio:
         audio_info(args.prompt_audio, length)                   # kind and length from the header
-        from magnet_fast.inputs import prompt_audio_tensor      # samples read and checked before loading
+        from magnet_fast.inputs import prompt_audio_tensor  # samples read and checked before loading
         prompt_wav = prompt_audio_tensor(args.prompt_audio, len(prompts), None, length)
     out = Path(args.out) if args.out else None
     if args.tokens_only and out is not None:

@@ -176,7 +176,7 @@ class Codec:
         sample_rate = int(sample_rate)
         wav = wav.to(self.device, torch.float32)
         if sample_rate != self.sample_rate:
-            from magnet_fast.audio import resample       # julius where cheap, bounded otherwise (issue 24)
+            from magnet_fast.audio import resample  # julius where cheap, bounded otherwise (issue 24)
             wav = resample(wav, sample_rate, self.sample_rate)
             if wav.shape[-1] < 1:
                 raise ParameterError("wav is too short to be resampled to the codec's sample rate")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from magnet_fast._io import serialised_load
 from magnet_fast.batching import GRAPH_POLICIES, DecoderCache, streams
 from magnet_fast.conditioning import TextEncoder, encode_condition
 from magnet_fast.config import ENGINES, MagnetConfig
 from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
-from magnet_fast._io import serialised_load
 from magnet_fast.inputs import check_device, check_dtype, check_model_folder, prompt_audio_tensor
 from magnet_fast.model import MagnetLM, load_lm
 from magnet_fast.params import check_seed

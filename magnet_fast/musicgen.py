@@ -103,7 +103,7 @@ class MusicGenFast(Engine):
         18 s, audiocraft's), and the output is cut to round(duration * frame_rate) frames (longform.py).
         """
         descriptions = check_descriptions(descriptions)
-        from magnet_fast.inputs import plain_number      # np.float32 durations like np.float64 (issue 24)
+        from magnet_fast.inputs import plain_number  # np.float32 durations like np.float64 (issue 24)
         duration, extend_stride = plain_number(duration), plain_number(extend_stride)
         if callback is not None and not callable(callback):
             raise ParameterError("callback must be callable (done, total) or None")
@@ -117,7 +117,7 @@ class MusicGenFast(Engine):
         prompt = check_prompt(prompt, len(descriptions), self.config.n_q, self.config.card, frames, self.device)
         check_generator(generator, self.device)
         max_batch = check_max_batch(max_batch)
-        from magnet_fast.inputs import memory_chunk       # a default chunk from a memory estimate (issue 24)
+        from magnet_fast.inputs import memory_chunk  # a default chunk from a memory estimate (issue 24)
         max_batch = memory_chunk(self, len(descriptions), max_batch)
         batch_invariant = check_flag(batch_invariant, "batch_invariant")
         fresh = self._seed_streams(seed, generator, batch_invariant, len(descriptions))

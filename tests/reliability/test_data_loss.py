@@ -4,7 +4,6 @@ unwritable manifest are all refused before any work, with nothing outside the fo
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 

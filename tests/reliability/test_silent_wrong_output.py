@@ -16,7 +16,7 @@ import torch
 
 from magnet_fast import jobs
 from magnet_fast.demo import DEMO_MODEL
-from magnet_fast.errors import MagnetFastError, ParameterError
+from magnet_fast.errors import ParameterError
 from magnet_fast.jobs import ModelSpec, parse_job, prepare
 
 from .conftest import FAST, write_job

@@ -244,6 +244,7 @@ def test_seed_range_is_one_range(tmp_path, demo_model):
 @pytest.mark.parametrize("np_type", ["float32", "float16", "float64", "int32", "int64"])
 def test_numpy_durations_accepted_like_python_numbers(np_type, demo_model):
     import numpy as np
+
     from magnet_fast import MusicGenFast
     value = getattr(np, np_type)(1)
     a = demo_model.generate_tokens(["x"], seed=1, duration=value, decoding_steps=[1, 1, 1, 1])
