@@ -11,8 +11,12 @@ line per finished item (``MANIFEST_FIELDS``).
   complete WAV without a manifest line (regenerated next time) and a partial last manifest line (ignored
   with a warning and cut off before the next append).
 - **Resumable.** An item is skipped when the last manifest record for its id says ``done``, asks for the
-  same text, seed and parameters, and its file is present with the recorded sha256; anything else is
-  generated (again). Failed items are retried on the next run.
+  same text, seed, parameters and model (``model_key``: weights digest, loader, attention, dtype, device
+  kind), and its file is present with the recorded sha256; anything else is generated (again). Failed
+  items are retried on the next run.
+- **Never writes outside DIR or over the user's files.** Every file the job writes or repairs is opened
+  with O_NOFOLLOW or refused when a symlink; a file in DIR that no record names (nor the run's own list of
+  files, ``FILES_NAME``) is refused without ``force`` (docs/reliability.md).
 - **Deterministic per item.** Generation runs in batch-invariant mode with one seed per item (the line's
   ``seed``, else ``seed_from_id(id)``: sha256 of the id, 62 bits), and each item's tokens are decoded to
   audio alone (batch of one, one CPU thread: EnCodec's convolutions on CPU differ in the last bit with
