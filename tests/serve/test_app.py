@@ -201,15 +201,15 @@ def test_429_when_the_queue_is_full(engines):
 
 
 def test_504_and_the_waiting_request_is_dropped(engines):
-    """A 0.3 s timeout against default-length decoding: the running request answers 504 (its batch runs
-    on), the queued one is dropped before it starts (only one batch ever runs)."""
-    app = make_app(engines, max_batch=1, batch_window_ms=0, timeout=0.3)
+    """A 0.2 s timeout against 20 decoding steps (about 0.6 s on an idle core): the running request answers
+    504 (its batch runs on), the queued one is dropped before it starts (only one batch ever runs)."""
+    app = make_app(engines, max_batch=1, batch_window_ms=0, timeout=0.2)
     with running(app):
-        slow = {"text": "a", "seed": 1, "duration": 0.5}                  # the model's 50 steps
+        slow = {"text": "a", "seed": 1, "duration": 0.5, "decoding_steps": [8, 4, 4, 4]}
         first, second = post(app, slow, {**slow, "seed": 2})
         state = app.state.serve
     assert first.status_code == second.status_code == 504
-    assert "timed out after 0.3 s" in first.json()["error"]
+    assert "timed out after 0.2 s" in first.json()["error"]
     worker = state.workers["magnet"]
     assert worker.batches == 1
     text = state.metrics.render()[0].decode()
