@@ -239,10 +239,11 @@ def bwd_block_config(D: int, banded: bool, window: int, interpret: bool | None =
         return {"dkdv": dict(tile), "dq": dict(tile), "delta": delta}
     small_band = banded and window <= 32
     if fp32:
-        # IEEE fp32 dots hold twice the registers of 16-bit tiles. 8 warps spill at D = 80 and 96 (ptxas caps
-        # them at 128 registers: STACK 16-24 B on Triton 3.9); 4 warps do not, at any D.
-        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 2},
-                "dq": {"BM": 32, "BN": 16, "num_warps": 4, "num_stages": 2}, "delta": delta}
+        # IEEE fp32 dots hold twice the registers of 16-bit tiles, and ptxas is erratic with them: 8 warps
+        # spill at D = 80/96 (capped at 128 registers, Triton 3.9), 2 stages spill 8-80 B at several D with
+        # the GPU image's Triton 3.6. One stage, 4 warps, and a 16-row dQ tile above D = 64 spill nowhere.
+        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 1},
+                "dq": {"BM": 32 if D <= 64 else 16, "BN": 16, "num_warps": 4, "num_stages": 1}, "delta": delta}
     if D > 64:
         return {"dkdv": {"BM": 16, "BN": 64, "num_warps": 8, "num_stages": 2},
                 "dq": {"BM": 64, "BN": 16, "num_warps": 8, "num_stages": 2}, "delta": delta}
