@@ -27,7 +27,7 @@ from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, 
 from magnet_fast.io.files import serialised_load
 from magnet_fast.nn.conditioning import TextEncoder, encode_condition
 from magnet_fast.nn.loading import load_lm
-from magnet_fast.nn.model import MagnetLM, load_lm
+from magnet_fast.nn.model import MagnetLM
 from magnet_fast.params import check_seed
 
 
