@@ -65,7 +65,7 @@ def read_prompts(args) -> list[str | None]:
         raise UsageError("no prompts: pass at least one text (or --prompts-file FILE)")
     if any(p is not None and not p.strip() for p in prompts):
         raise UsageError("empty prompt text; use --unconditional for unconditional generation")
-    from magnet_fast.engines.inputs import check_descriptions
+    from magnet_fast.checks import check_descriptions
     return check_descriptions(prompts)             # length cap, lone surrogates: before the model loads
 
 

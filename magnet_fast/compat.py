@@ -295,7 +295,7 @@ class _GenModel:
     def generate(self, descriptions, progress: bool = False, return_tokens: bool = False):
         """Samples conditioned on ``descriptions`` (None rows are unconditional): audio [B, C, T] (and tokens
         [B, K, T'] with return_tokens)."""
-        from magnet_fast.engines.inputs import check_descriptions
+        from magnet_fast.checks import check_descriptions
         descriptions = check_descriptions(descriptions)
         self.engine.load_codec()                     # fail before decoding if the codec cannot load
         return self._finish(self._generate_tokens(descriptions, None, progress), return_tokens)
@@ -304,7 +304,7 @@ class _GenModel:
                               progress: bool = False, return_tokens: bool = False):
         """Continue ``prompt`` ([B, C, T] or [C, T] at ``prompt_sample_rate``), optionally text-conditioned.
         The output starts with the (re-encoded) prompt, as in audiocraft."""
-        from magnet_fast.engines.inputs import check_descriptions
+        from magnet_fast.checks import check_descriptions
         if not isinstance(prompt, torch.Tensor):
             raise ParameterError("prompt must be a torch.Tensor of audio samples [B, C, T] or [C, T]")
         if prompt.dim() == 2:

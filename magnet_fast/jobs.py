@@ -181,7 +181,7 @@ def _parse_line(obj, n: int, defaults: dict) -> Item | str:
     if text is not None and not isinstance(text, str):
         return f"'text' must be a string or null, got {type(text).__name__}"
     if text is not None:
-        from magnet_fast.engines.inputs import check_descriptions
+        from magnet_fast.checks import check_descriptions
         from magnet_fast.errors import ParameterError
         try:
             check_descriptions([text])                        # lone surrogates, length cap: the API's checks

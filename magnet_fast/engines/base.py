@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from magnet_fast.checks import check_descriptions
 from magnet_fast.config import ENGINES, MagnetConfig
 from magnet_fast.engines.batching import GRAPH_POLICIES, DecoderCache, decode_in_chunks, streams
 from magnet_fast.engines.inputs import (
-    check_descriptions,
     check_device,
     check_dtype,
     check_flag,

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import torch
 
+from magnet_fast.checks import check_descriptions
 from magnet_fast.config import MagnetConfig
 from magnet_fast.decoding.magnet import Decoder, decode
 from magnet_fast.decoding.sampling import SAMPLERS
 from magnet_fast.engines.base import Engine
 from magnet_fast.engines.hybrid import HybridPlan
-from magnet_fast.engines.inputs import check_descriptions, check_prompt
+from magnet_fast.engines.inputs import check_prompt
 from magnet_fast.engines.pairing import Rescoring
 from magnet_fast.engines.request import Progress, Request
 from magnet_fast.errors import ParameterError

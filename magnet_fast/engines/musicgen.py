@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from magnet_fast.checks import check_descriptions
 from magnet_fast.decoding.ar import ARDecoder, MusicGenLM, decode_ar
 from magnet_fast.engines.base import Engine
-from magnet_fast.engines.inputs import check_descriptions
 from magnet_fast.engines.request import Progress, Request
 from magnet_fast.errors import ParameterError
 from magnet_fast.nn.conditioning import encode_condition_apart

@@ -108,7 +108,7 @@ def audio_info(path: str | Path, max_seconds: float | None = None):
         raise ParameterError(f"prompt audio {path} is not readable audio ({e}); use WAV/FLAC/OGG") from None
     except OSError as e:
         raise ParameterError(f"prompt audio {path} is not readable ({e.strerror or e})") from None
-    from magnet_fast.engines.inputs import MAX_RATE, MIN_RATE
+    from magnet_fast.checks import MAX_RATE, MIN_RATE
     if not MIN_RATE <= info.samplerate <= MAX_RATE:
         raise ParameterError(f"prompt audio {path} says {info.samplerate} Hz in its header; rates in "
                              f"{MIN_RATE}..{MAX_RATE} Hz are accepted: resample it first")
@@ -158,7 +158,7 @@ def resample(wav: torch.Tensor, old_sr: int, new_sr: int) -> torch.Tensor:
     whose reduced ratio is big, e.g. 31999 -> 32000) the same windowed-sinc filter (24 zero crossings, Hann
     window, rolloff 0.945) is evaluated directly at each output position, in chunks of RESAMPLE_CHUNK
     outputs: memory and time linear in the audio length (not bitwise julius; docs/reliability.md)."""
-    from magnet_fast.engines.inputs import check_sample_rate
+    from magnet_fast.checks import check_sample_rate
     old_sr, new_sr = check_sample_rate(old_sr, "sample rate"), check_sample_rate(new_sr, "target sample rate")
     if old_sr == new_sr:
         return wav

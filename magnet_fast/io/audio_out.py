@@ -66,7 +66,7 @@ def loudness(wav: torch.Tensor, sample_rate: int) -> float:
     below the absolute gate (silence). wav: [C, T] or [T], at most 5 channels."""
     if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2) or wav.shape[-1] == 0:
         raise ParameterError("wav must be a non-empty tensor [C, T] or [T]")
-    from magnet_fast.engines.inputs import check_sample_rate
+    from magnet_fast.checks import check_sample_rate
     sample_rate = check_sample_rate(sample_rate)            # 2**30 Hz would size an 8.6 GB FFT
     x = wav.detach().to("cpu", torch.float64)
     if x.dim() == 1:
@@ -165,7 +165,7 @@ def audio_write(stem_name, wav: torch.Tensor, sample_rate: int, format: str = "w
     if format != "wav":
         raise ParameterError(f"format {format!r} is not supported: magnet_fast writes WAV only (format='wav'); "
                              "convert the file afterwards (e.g. ffmpeg) for mp3/ogg/flac")
-    from magnet_fast.engines.inputs import check_sample_rate
+    from magnet_fast.checks import check_sample_rate
     from magnet_fast.io.files import check_path
     if not isinstance(wav, torch.Tensor) or not wav.dtype.is_floating_point:
         raise ParameterError("wav must be a floating point tensor [C, T] or [T]")

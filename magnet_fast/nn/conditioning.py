@@ -49,7 +49,7 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, descriptions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B descriptions] -> hidden [2B, L, d_model] float32 and mask [2B, L] (cond rows, then nulls)."""
-        from magnet_fast.engines.inputs import check_descriptions
+        from magnet_fast.checks import check_descriptions
         check_descriptions(list(descriptions))          # length cap and text checks, also for direct callers
         entries = [d if d is not None else "" for d in descriptions] + [""] * len(descriptions)
         batch = self.tokenizer(entries, return_tensors="pt", padding=True)

@@ -122,8 +122,8 @@ class ServeState:
         from magnet_fast.engines.base import Engine
         if isinstance(spec, Engine):
             return spec
-        from magnet_fast import MagnetFast, MusicGenFast
-        cls = MusicGenFast if self.kinds[name] == "musicgen" else MagnetFast
+        from magnet_fast.engines.registry import ENGINES
+        cls = ENGINES[self.kinds[name]].engine()                   # the model's kind decides the engine
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)            # the demo's "untrained weights" notice
             engine = cls.from_pretrained(spec, device=self.device, dtype=self.dtype, t5=self.t5,

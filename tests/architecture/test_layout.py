@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # floor of each part; a module may import from its own floor or lower ones only
 FLOORS = [("magnet_fast.kernels", 0), ("magnet_fast.errors", 0), ("magnet_fast.params", 1),
-          ("magnet_fast.config", 1), ("magnet_fast.io", 2), ("magnet_fast.nn", 3), ("magnet_fast.decoding", 4),
+          ("magnet_fast.config", 1), ("magnet_fast.checks", 1), ("magnet_fast.io", 2), ("magnet_fast.nn", 3), ("magnet_fast.decoding", 4),
           ("magnet_fast.engines", 5)]
 TOP = 6          # everything else: the public facade and the frontends (cli, compat, jobs, serve, train, ...)
 

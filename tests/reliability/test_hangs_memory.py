@@ -135,7 +135,7 @@ def test_read_regular_limits():
 
 # ----------------------------------------------------------------------------------------- descriptions
 def test_description_length_is_capped_before_tokenizing(demo_model):
-    from magnet_fast.engines.inputs import MAX_DESCRIPTION_CHARS
+    from magnet_fast.checks import MAX_DESCRIPTION_CHARS
     huge = "piano " * 200_000                                         # 1.2 MB: refused at once
     t0 = time.perf_counter()
     with pytest.raises(ParameterError, match="characters"):
@@ -143,7 +143,7 @@ def test_description_length_is_capped_before_tokenizing(demo_model):
     with pytest.raises(ParameterError, match="characters"):
         demo_model.text.encode([huge])
     assert time.perf_counter() - t0 < 2
-    from magnet_fast.engines.inputs import check_descriptions
+    from magnet_fast.checks import check_descriptions
     assert check_descriptions(["a" * MAX_DESCRIPTION_CHARS]) == ["a" * MAX_DESCRIPTION_CHARS]   # at the cap
 
 
