@@ -84,6 +84,20 @@ def test_a_different_seed_breaks_parity(train_ref, converted):
     tokens = train_ref.tensors["10s.0.tokens"].long()
     random.seed(12345)
     torch.manual_seed(12345)
-    loss = float(trainer.loss(tokens, train_ref.meta["texts"]))
+    loss = float(trainer.loss(tokens, train_ref.meta["texts"]).detach())
     want = float(train_ref.tensors["10s.0.loss"])
     assert abs(loss - want) > LOSS_RTOL * want
+
+
+def test_private_generator_is_reproducible_and_leaves_global_rngs(converted, train_ref):
+    tokens = train_ref.tensors["10s.0.tokens"].long()
+    texts = train_ref.meta["texts"]
+    values = []
+    for _ in range(2):
+        trainer = Trainer.from_pretrained(converted("10s"), t5=T5_TINY, attention="exact")
+        random.seed(0)
+        torch.manual_seed(0)
+        values.append(float(trainer.loss(tokens, texts, generator=torch.Generator().manual_seed(7)).detach()))
+        assert random.random() == random.Random(0).random()
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(0)))
+    assert values[0] == values[1]
