@@ -12,7 +12,9 @@ from magnet_fast.kernels.banded_attn.naive import (
 )
 from magnet_fast.kernels.constants import SUPPORTED_D
 
-__all__ = ["SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_bwd", "banded_attention_lse",
+HAS_BACKWARD = True        # the op has a registered backward (Triton on CUDA, the reference elsewhere)
+
+__all__ = ["HAS_BACKWARD", "SUPPORTED_D", "band_bias", "banded_attention", "banded_attention_bwd", "banded_attention_lse",
            "banded_attention_op"]
 
 

@@ -33,7 +33,7 @@ def default_attention(device: torch.device) -> str:
         return "sdpa"
     try:
         from magnet_fast.kernels import banded_attn
-        return "triton" if getattr(banded_attn, "HAS_BACKWARD", False) else "sdpa"
+        return "triton" if banded_attn.HAS_BACKWARD else "sdpa"
     except ImportError:
         return "sdpa"
 
