@@ -114,7 +114,7 @@ class MagnetFast(Engine):
         callback(done, total): called after every decoding step (total: the steps of one window).
 
         loop=True: a seamless loop of ``duration`` seconds (default half the window) by LoopGen's circular
-        padding (editing.py, docs/editing.md); not combinable with prompt, hybrid, long-form or max_batch.
+        padding (editing.py, docs/editing.md); not combinable with prompt, hybrid or long-form.
         """
         if loop is not False:                               # editing.py: every other keyword passes through
             from magnet_fast.editing import loop_tokens

@@ -99,7 +99,7 @@ def _jsonl_prompt(item, where: str) -> str | None:
 
 MAGNET_ONLY = {"steps": "--steps", "stride1": "--stride1", "span_scoring": "--span-scoring",
                "no_anneal": "--no-anneal", "hybrid": "--hybrid", "hybrid_seconds": "--hybrid-seconds",
-               "rescore": "--rescore", "rescore_weight": "--rescore-weight"}
+               "rescore": "--rescore", "rescore_weight": "--rescore-weight", "loop": "--loop"}
 MUSICGEN_ONLY = {"two_step_cfg": "--two-step-cfg"}
 LONG_FORM = {"duration": "--duration", "extend_stride": "--extend-stride"}
 
@@ -269,11 +269,16 @@ def cmd_generate(args) -> int:
         part = slice(start, start + size)
         tokens = model.generate_tokens(prompts[part], generator=gen, progress=not args.quiet,
                                        max_batch=args.max_batch,
-                                       prompt=None if prompt is None else prompt[part], **params)
+                                       prompt=None if prompt is None else prompt[part],
+                                       **({"loop": True} if args.loop else {}), **params)
         if args.tokens_only:
             kept.append(tokens.cpu())
             continue
-        wav = model.decode(tokens)
+        if args.loop:                                         # decoded wrapped around (editing.py)
+            from magnet_fast.editing import loop_audio
+            wav = loop_audio(model, tokens)
+        else:
+            wav = model.decode(tokens)
         for path, w in zip(paths[part], wav, strict=True):
             clipped += write_wav(path, w, model.sample_rate)
             print(path, flush=True)
@@ -510,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
     add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
+    from magnet_fast.edit_cli import add_parsers
+    add_parsers(sub)                               # magnet-fast edit / vary, generate --loop (edit_cli.py)
     return p
 
 

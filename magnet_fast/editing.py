@@ -318,6 +318,21 @@ def vary_tokens(model, tokens, strength, descriptions=None, **kw) -> torch.Tenso
     return torch.where(kept[:, None, :total], tokens, out)
 
 
+def loop_geometry(cfg, arrangement: str, duration) -> tuple[int, int]:
+    """(tile frames, padding frames each side) of a loop of ``duration`` seconds (None: half the window) in
+    the model's window; ParameterError when it leaves less than LOOP_MIN_PAD_S of wrapped context a side."""
+    rate, span = cfg.frame_rate, cfg.span_len
+    window = output_frames(cfg.frames, span, arrangement)
+    min_pad = max(span, math.ceil(LOOP_MIN_PAD_S * rate / span) * span)
+    seconds = cfg.segment_duration / 2 if duration is None else _number(duration, "duration")
+    tile = round(seconds * rate)
+    if tile < span or tile > window - 2 * min_pad:
+        raise ParameterError(f"a loop's duration must be in {span / rate:g}..{(window - 2 * min_pad) / rate:g} s "
+                             f"for this model ({cfg.segment_duration:g} s window, {min_pad / rate:g} s of wrapped "
+                             f"context each side), got {seconds:g}")
+    return tile, (window - tile) // 2 // span * span
+
+
 def _first_count(params, n_units: int, start: float) -> int:
     from magnet_fast.schedule import stage_steps
     return stage_steps(0, params.decoding_steps[0], n_units, start=start, temperature=1.0, anneal_temp=False,
@@ -330,30 +345,25 @@ def loop_tokens(model, descriptions, *, loop=True, duration=None, on_step=None, 
     observation hook (tests)."""
     if loop is not True:
         raise ParameterError(f"loop must be True or False, got {loop!r}")
-    for name in ("prompt", "hybrid", "extend_stride", "max_batch"):
+    from magnet_fast.inputs import check_max_batch
+    max_batch = check_max_batch(kw.pop("max_batch", None))
+    for name in ("prompt", "hybrid", "extend_stride"):
         if kw.pop(name, None) is not None:
             raise ParameterError(f"loop=True does not combine with {name}")
     kw.pop("hybrid_seconds", None)
     kw.pop("hybrid_params", None)
     descriptions = check_descriptions(descriptions)
     call = _Call(model, descriptions, kw)
-    params, rate, span = call.params, model.frame_rate, model.config.span_len
-    window = output_frames(model.frames, span, params.span_arrangement)
-    min_pad = max(span, math.ceil(LOOP_MIN_PAD_S * rate / span) * span)
-    longest = (window - 2 * min_pad) / rate
-    seconds = model.duration / 2 if duration is None else _number(duration, "duration")
-    tile = round(seconds * rate)
-    if tile < span or tile > window - 2 * min_pad:
-        raise ParameterError(f"a loop's duration must be in {span / rate:g}..{longest:g} s for this model "
-                             f"({model.duration:g} s window, {min_pad / rate:g} s of wrapped context each side), "
-                             f"got {seconds:g}")
-    pad = (window - tile) // 2 // span * span
+    params, span = call.params, model.config.span_len
+    tile, pad = loop_geometry(model.config, params.span_arrangement, duration)
     length = decode_length(tile + 2 * pad, span, params.span_arrangement)
     b = len(descriptions)
     source = wrap_source(tile, pad, length).to(model.device).expand(b, length).contiguous()
     known = torch.zeros(b, model.config.n_q, length, dtype=torch.long, device=model.device)
     count = int(region_units(source[:1], _arrangement_unit(model, params))[0])
-    out = call.run(list(range(b)), known, source, (count, 0.0), on_step=on_step)
+    size = max_batch or b                 # chunks of max_batch rows, the call's stream(s) continued across them
+    out = torch.cat([call.run(list(range(i, min(b, i + size))), known[i: i + size], source[i: i + size],
+                              (count, 0.0), on_step=on_step) for i in range(0, b, size)])
     return out[..., pad: pad + tile]
 
 
