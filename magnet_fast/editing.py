@@ -209,9 +209,12 @@ class _Call:
             if self.callback is not None:
                 self.callback(done, total)
         try:
-            return decode(model.lm, kv, len(rows), known.shape[-1], params, generator=self.generator_for(rows),
+            out = decode(model.lm, kv, len(rows), known.shape[-1], params, generator=self.generator_for(rows),
                           cross_lengths=cross_lengths, sampler=model.sampler, callback=callback, on_step=on_step,
                           rescore=rescore, kept=(known, source), schedule=schedule)
+            if bool((out == model.lm.mask_id).any()):       # every decoded frame must have been sampled
+                raise RuntimeError("internal error: a masked frame was left undecoded (please report)")
+            return out
         finally:
             if bar is not None:
                 bar.close()
@@ -298,10 +301,6 @@ def vary_tokens(model, tokens, strength, descriptions=None, **kw) -> torch.Tenso
     chosen = max(1, round(strength * n_spans))
     start = variation_start(strength)
     params = replace(params, decoding_steps=variation_steps(params.decoding_steps, start))
-    needed = chosen * span if unit == 1 else chosen            # the region's units
-    n_units = t // unit                   # the schedule's units: its first step must mask the whole region
-    while _first_count(params, n_units, start) < needed:
-        n_units += 1
     kept = torch.ones(b, n_spans, dtype=torch.bool, device=tokens.device)
     if chosen < n_spans:                                   # the spans to regenerate: a draw of the call's stream
         for i in range(b):
@@ -314,6 +313,10 @@ def vary_tokens(model, tokens, strength, descriptions=None, **kw) -> torch.Tenso
     kept[:, total:] = False
     known = torch.nn.functional.pad(tokens, (0, t - total))
     source = keep_source(kept)
+    needed = int(region_units(source, unit).max())          # the region's units (a partial last span included)
+    n_units = t // unit                   # the schedule's units: its first step must mask the whole region
+    while _first_count(params, n_units, start) < needed:
+        n_units += 1
     out = call.run(list(range(b)), known, source, (n_units, start), params=params)[..., :total]
     return torch.where(kept[:, None, :total], tokens, out)
 
