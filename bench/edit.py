@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--steps", default=None, help="decoding steps, e.g. 20,10,10,10 (default: the model's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--start", type=float, default=4.0, help="edited range start (s); the range is 2 s")
+    ap.add_argument("--seam-seeds", type=int, default=3, help="loops (and plain generations) for the seam metric")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import magnet_fast as mf
@@ -65,13 +66,21 @@ def main() -> None:
             fn()
             sync(args.device)
             times[name].append(time.perf_counter() - t0)
+    # LoopGen's seam metric (editing.seam_perplexity): a 4 s loop vs a plain generation cut to 4 s
+    from magnet_fast.editing import seam_perplexity
+    seam = {"loop=True": [], "plain, cut": []}
+    for seed in range(args.seam_seeds):
+        loop = model.generate_tokens(TEXT, seed=seed, loop=True, duration=4.0, **kw)
+        plain = model.generate_tokens(TEXT, seed=seed, **kw)[..., : loop.shape[-1]]
+        seam["loop=True"].append(float(seam_perplexity(model, loop, TEXT)[0]))
+        seam["plain, cut"].append(float(seam_perplexity(model, plain, TEXT)[0]))
     base = statistics.median(times["generate 10 s"])
     rows = [{"case": name, "median_s": statistics.median(ts), "runs_s": ts,
              "vs_generate": statistics.median(ts) / base} for name, ts in times.items()]
     meta = {**stamp(args.device), "model": str(args.model or "bundled demo (random weights, dim 64, 2 layers)"),
             "attention": model.attention_backend, "steps": list(model.params(**kw).decoding_steps),
             "frames": int(clip.shape[-1]), "repeats": args.repeats, "loadavg_at_end": loadavg(),
-            "loadavg_at_start": load0}
+            "loadavg_at_start": load0, "seam_perplexity": seam}
     md = [f"# Editing latency: {meta['device_name']}", "",
           f"torch {meta['torch']}, commit `{meta['git_commit'][:12]}`, {meta['date']}, load average "
           f"{meta['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end", "",
@@ -79,6 +88,10 @@ def main() -> None:
           f"frames; tokens only (T5 conditioning included, no codec); median of {args.repeats} round-robin runs.", "",
           "| case | median (s) | vs generate |", "|---|---|---|"]
     md += [f"| {r['case']} | {r['median_s']:.3f} | {r['vs_generate']:.2f}x |" for r in rows]
+    md += ["", f"Seam perplexity (4 s loops, {args.seam_seeds} seeds, width 6 frames; on random weights this "
+           "checks the mechanics only, the values carry no musical meaning):", "",
+           "| generation | seam perplexity per seed | mean |", "|---|---|---|"]
+    md += [f"| {k} | {', '.join(f'{x:.1f}' for x in v)} | {statistics.mean(v):.1f} |" for k, v in seam.items()]
     date = datetime.date.today().isoformat()
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"edit-{args.device}-{date}"
     save_results(out, meta, rows, md, plots=False)

@@ -43,8 +43,7 @@ def _generation_flags(p) -> None:
     p.add_argument("--allow-download", action="store_true", help="let transformers fetch T5/codec from the hub")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(duration=None, extend_stride=None, hybrid=None, hybrid_seconds=None, two_step_cfg=False,
-                   prompts=[], prompts_file=None, unconditional=False)
+    p.set_defaults(duration=None, extend_stride=None, hybrid=None, hybrid_seconds=None, two_step_cfg=False)
 
 
 def _intermixed(parser_class):

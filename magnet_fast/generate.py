@@ -34,16 +34,16 @@ class DecodeState:
     noise [B, T, card] Exp(1); prefix: the embedding sum of the codebooks before the stage
     (``lm.stage_prefix``) or None; cross_lengths: batch-invariant key lengths or None.
     Kept frames (a prompt, an edit's frames outside its range, a loop's wrapped padding; editing.py):
-    known [B, n_q, T] kept tokens and source [B, T], where frame f's token is taken from
-    ``cat([row, known[:, stage]])[source[f]]`` (f itself: decoded; T + f: kept; another frame: a copy),
-    free [B, T] = (source == f); all three None without kept frames. A prefix prompt of P frames is
-    source[f] = T + f for f < P."""
+    prompt [B, n_q, T] kept tokens and source [B, T], where frame f's token is taken from
+    ``cat([row, prompt[:, stage]])[source[f]]`` (f itself: decoded; T + f: kept; another frame: a copy),
+    free [B, T] = (source == f); all three None without kept frames. A prefix prompt of P frames is its
+    tokens in prompt[..., :P] and source[f] = T + f for f < P."""
     seq: torch.Tensor
     row: torch.Tensor
     scores: torch.Tensor
     kv: list | None
     noise: torch.Tensor
-    known: torch.Tensor | None
+    prompt: torch.Tensor | None         # the kept tokens [B, n_q, T] (a prompt: its first P frames) or None
     prefix: torch.Tensor | None = None
     cross_lengths: tuple[int, ...] | None = None
     source: torch.Tensor | None = None
@@ -53,8 +53,11 @@ class DecodeState:
 def _restore(row: torch.Tensor, state: DecodeState, stage: int) -> torch.Tensor:
     """Kept frames take their kept (or copied) tokens; the identity without kept frames."""
     if state.source is None:
-        return row
-    return torch.cat([row, state.known[:, stage]], dim=1).gather(1, state.source)
+        if state.prompt is None:
+            return row
+        # a bare prefix prompt [B, n_q, P] (a DecodeState built by hand, without source): its P frames kept
+        return torch.cat([state.prompt[:, stage], row[:, state.prompt.shape[-1]:]], dim=1)
+    return torch.cat([row, state.prompt[:, stage]], dim=1).gather(1, state.source)
 
 
 def _write_row(seq: torch.Tensor, stage: int, row: torch.Tensor) -> None:
@@ -169,7 +172,7 @@ class Decoder:
             scores=torch.zeros(batch, t // unit, device=device),
             kv=None,
             noise=torch.ones(batch, t, cfg.card, device=device),       # refilled per step when sampling
-            known=torch.zeros(batch, cfg.n_q, t, dtype=torch.long, device=device) if self.keeps else None,
+            prompt=torch.zeros(batch, cfg.n_q, t, dtype=torch.long, device=device) if self.keeps else None,
             cross_lengths=cross_lengths,
             source=torch.zeros(batch, t, dtype=torch.long, device=device) if self.keeps else None,
             free=torch.zeros(batch, t, dtype=torch.bool, device=device) if self.keeps else None)
@@ -195,7 +198,7 @@ class Decoder:
         s = self.state
         out = [s.seq, s.row, s.scores, s.noise, self.flag, self.prefix, *[t for kv in s.kv or [] for t in kv]]
         if self.keeps:
-            out += [s.known, s.source, s.free, self.kept_units]
+            out += [s.prompt, s.source, s.free, self.kept_units]
         if self.rescorer is not None:
             out += self.rescorer.tensors()
         return out + (self.sampler.device_tensors() if hasattr(self.sampler, "device_tensors") else [])
@@ -222,17 +225,17 @@ class Decoder:
             if kept is None and not self.n_prompt:
                 raise ParameterError("this Decoder keeps frames: pass kept=(known tokens, source)")
             if kept is None:
-                s.known.zero_()
-                s.known[..., : self.n_prompt] = prompt
+                s.prompt.zero_()
+                s.prompt[..., : self.n_prompt] = prompt
                 s.source.copy_(torch.where(frames < self.n_prompt, frames + t, frames))
             else:
-                s.known.copy_(kept[0])
+                s.prompt.copy_(kept[0])
                 s.source.copy_(kept[1])
             torch.eq(s.source, frames, out=s.free)
             unit = self.arrangement.unit
             self.kept_units.copy_((~s.free).reshape(self.batch, -1, unit).all(-1))
-            start = torch.cat([s.seq[: self.batch], s.known], dim=-1).gather(
-                -1, s.source.unsqueeze(1).expand(-1, s.known.shape[1], -1))
+            start = torch.cat([s.seq[: self.batch], s.prompt], dim=-1).gather(
+                -1, s.source.unsqueeze(1).expand(-1, s.prompt.shape[1], -1))
             s.seq.copy_(start.repeat(2, 1, 1))
         self.flag.zero_()
 
