@@ -26,12 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import torch  # noqa: E402
-
 from common import loadavg, save_results, stamp, sync  # noqa: E402
 
 TEXT = ["energetic edm with drums and bass"]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -96,7 +93,6 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"edit-{args.device}-{date}"
     save_results(out, meta, rows, md, plots=False)
     print("\n".join(md))
-
 
 if __name__ == "__main__":
     main()

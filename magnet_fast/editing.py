@@ -106,7 +106,7 @@ def frame_ranges(start, end, ranges, batch: int, frames: int, frame_rate: int, s
                                      f"least one span ({span_len} frames = {1000 * span_len / frame_rate:g} ms)")
             spans.append((a, b))
         spans.sort()
-        for (a0, b0), (a1, b1) in zip(spans, spans[1:]):
+        for (a0, b0), (a1, b1) in zip(spans, spans[1:], strict=False):
             if a1 < b0:
                 raise ParameterError(f"ranges overlap ({a0 / frame_rate:g}-{b0 / frame_rate:g} s and "
                                      f"{a1 / frame_rate:g}-{b1 / frame_rate:g} s); merge them")

@@ -46,7 +46,7 @@ def test_variation_schedule_starts_at_the_masking_rate():
     assert math.isclose(math.cos(variation_start(0.3) * math.pi / 2), 0.3, rel_tol=1e-12)
     assert variation_steps((20, 10, 10, 10), 0.0) == (20, 10, 10, 10)
     steps = variation_steps((20, 10, 10, 10), variation_start(0.3))
-    assert all(1 <= s < n for s, n in zip(steps, (20, 10, 10, 10)))
+    assert all(1 <= s < n for s, n in zip(steps, (20, 10, 10, 10), strict=True))
 
 
 def test_stride1_variation_keeps_unchosen_spans(demo):
