@@ -31,16 +31,33 @@ from magnet_fast.params import SamplingParams, output_frames
 class DecodeState:
     """What one step reads and writes. seq [2B, n_q, T]: the CFG batch (rows B.. mirror rows ..B, the
     model's input); row [B, T]: the stage's tokens; scores [B, units]; kv: per-layer condition K/V;
-    noise [B, T, card] Exp(1); prompt [B, n_q, P] or None; prefix: the embedding sum of the codebooks
-    before the stage (``lm.stage_prefix``) or None; cross_lengths: batch-invariant key lengths or None."""
+    noise [B, T, card] Exp(1); prefix: the embedding sum of the codebooks before the stage
+    (``lm.stage_prefix``) or None; cross_lengths: batch-invariant key lengths or None.
+    Kept frames (a prompt, an edit's frames outside its range, a loop's wrapped padding; editing.py):
+    prompt [B, n_q, T] kept tokens and source [B, T], where frame f's token is taken from
+    ``cat([row, prompt[:, stage]])[source[f]]`` (f itself: decoded; T + f: kept; another frame: a copy),
+    free [B, T] = (source == f); all three None without kept frames. A prefix prompt of P frames is its
+    tokens in prompt[..., :P] and source[f] = T + f for f < P."""
     seq: torch.Tensor
     row: torch.Tensor
     scores: torch.Tensor
     kv: list | None
     noise: torch.Tensor
-    prompt: torch.Tensor | None
+    prompt: torch.Tensor | None         # the kept tokens [B, n_q, T] (a prompt: its first P frames) or None
     prefix: torch.Tensor | None = None
     cross_lengths: tuple[int, ...] | None = None
+    source: torch.Tensor | None = None
+    free: torch.Tensor | None = None
+
+
+def _restore(row: torch.Tensor, state: DecodeState, stage: int) -> torch.Tensor:
+    """Kept frames take their kept (or copied) tokens; the identity without kept frames."""
+    if state.source is None:
+        if state.prompt is None:
+            return row
+        # a bare prefix prompt [B, n_q, P] (a DecodeState built by hand, without source): its P frames kept
+        return torch.cat([state.prompt[:, stage], row[:, state.prompt.shape[-1]:]], dim=1)
+    return torch.cat([row, state.prompt[:, stage]], dim=1).gather(1, state.source)
 
 
 def _write_row(seq: torch.Tensor, stage: int, row: torch.Tensor) -> None:
@@ -55,20 +72,18 @@ def decode_step(lm: MagnetLM, state: DecodeState, step: Step, arrangement, sampl
     rescore: None, or ``rescore(seq, step, row, probs, was_masked) -> (probs, non-finite flag)`` (a
     ``rescoring.Rescorer``): mixes a second model's probabilities into the scored ones at the newly
     sampled positions, after the write-back and before the scorer."""
-    # 1. select the spans to re-mask; prompt frames always keep the prompt
+    # 1. select the spans to re-mask; kept frames (a prompt) always keep their tokens
     units, masked, top = arrangement.select(state.scores, step.num_masked)
-    row = state.row.masked_fill(masked, lm.mask_id)
-    if state.prompt is not None:
-        row[:, : state.prompt.shape[-1]] = state.prompt[:, step.stage]
+    row = _restore(state.row.masked_fill(masked, lm.mask_id), state, step.stage)
     _write_row(state.seq, step.stage, row)
     # 2. forward; outside "exact" the head (and the sampler) may run on the re-masked spans only
     positions = arrangement.positions(top) if sampler.gathers and lm.gathers_head and top is not None else None
     cond, uncond = lm.guided_logits(state.seq, state.kv, step.stage, cross_lengths=state.cross_lengths,
                                     prefix=state.prefix, positions=positions)
     # 3-4. guidance, temperature, top-p/top-k and the draw
-    was_masked = row == lm.mask_id
+    was_masked = row == lm.mask_id if state.free is None else (row == lm.mask_id) & state.free
     tokens, sampled_probs, nonfinite = sampler(cond, uncond, row, state.noise, step, positions)
-    row = torch.where(was_masked, tokens, row)
+    row = _restore(torch.where(was_masked, tokens, row), state, step.stage)   # copies follow their frame
     _write_row(state.seq, step.stage, row)
     # 4b. rescoring (optional): another LM's probability of the candidate, mixed in at the new samples
     if rescore is not None:
@@ -85,6 +100,7 @@ class MagnetSpec(NamedTuple):
     cross_lengths: tuple[int, ...] | None
     sampler: str
     rescore: tuple | None = None            # ``RescoreRequest.spec``: the rescorer, its weights and settings
+    schedule: tuple[int, float] | None = None   # kept frames' (region units, start timestep); see Decoder
 
 
 class Decoder(StaticRunner):
@@ -98,7 +114,11 @@ class Decoder(StaticRunner):
 
     def __init__(self, lm: MagnetLM, batch: int, frames: int, params: SamplingParams, *, n_prompt: int = 0,
                  cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch",
-                 graphs: str | None = None, rescore=None):
+                 graphs: str | None = None, rescore=None, schedule: tuple[int, float] | None = None):
+        """rescore: a ``RescoreRequest`` or None. schedule: None, or (region units, start timestep) for kept
+        frames given per call (``run``'s ``kept``; editing.py): every stage's cosine schedule runs from
+        ``start`` over the region's unit count. n_prompt > 0 is the prefix case: (units - n_prompt // unit,
+        0.0), the prompt's frames kept."""
         super().__init__(lm, graphs)
         cfg, device = lm.cfg, lm.device
         self.params, self.batch, self.n_prompt = params, batch, n_prompt
@@ -106,8 +126,9 @@ class Decoder(StaticRunner):
         self.scorer = make_scorer(params.span_scoring, self.arrangement)
         unit = self.arrangement.unit                        # scores live on spans or on tokens
         t = output_frames(frames, cfg.span_len, params.span_arrangement)
-        n_fixed = n_prompt // unit
-        self.plans = [stage_steps(stage, n, t // unit - n_fixed, temperature=params.temperature,
+        n_units, start = schedule if schedule is not None else (t // unit - n_prompt // unit, 0.0)
+        self.keeps = bool(n_prompt) or schedule is not None
+        self.plans = [stage_steps(stage, n, n_units, start=start, temperature=params.temperature,
                                   anneal_temp=params.anneal_temp, max_cfg_coef=params.max_cfg_coef,
                                   min_cfg_coef=params.min_cfg_coef)
                       for stage, n in enumerate(params.decoding_steps)]
@@ -118,25 +139,29 @@ class Decoder(StaticRunner):
             scores=torch.zeros(batch, t // unit, device=device),
             kv=None,
             noise=torch.ones(batch, t, cfg.card, device=device),       # refilled per step when sampling
-            prompt=torch.zeros(batch, cfg.n_q, n_prompt, dtype=torch.long, device=device) if n_prompt else None,
-            cross_lengths=cross_lengths)
+            prompt=torch.zeros(batch, cfg.n_q, t, dtype=torch.long, device=device) if self.keeps else None,
+            cross_lengths=cross_lengths,
+            source=torch.zeros(batch, t, dtype=torch.long, device=device) if self.keeps else None,
+            free=torch.zeros(batch, t, dtype=torch.bool, device=device) if self.keeps else None)
+        self.kept_units = torch.zeros(batch, t // unit, dtype=torch.bool, device=device) if self.keeps else None
         self.prefix = torch.zeros(2 * batch, t, cfg.dim, dtype=lm.emb[0].weight.dtype, device=device)
         # rescoring (rescoring.py): a RescoreRequest; None decodes without one
         self.rescorer = None if rescore is None else Rescorer(rescore, batch, t, graphs is not None)
 
     @staticmethod
     def make_key(lm: MagnetLM, batch: int, frames: int, text_len: int, params: SamplingParams, n_prompt: int,
-                 cross_lengths, sampler: str, graphs: str | None, rescore: tuple | None = None) -> RunnerKey:
+                 cross_lengths, sampler: str, graphs: str | None, rescore: tuple | None = None,
+                 schedule: tuple[int, float] | None = None) -> RunnerKey:
         """Everything a recorded step depends on besides buffer contents (see ``RunnerKey``, ``MagnetSpec``);
         rescore: ``RescoreRequest.spec`` or None."""
         return runner_key("magnet", lm, batch, frames, text_len, n_prompt, graphs,
-                          MagnetSpec(params, lm.attention_backend, cross_lengths, sampler, rescore))
+                          MagnetSpec(params, lm.attention_backend, cross_lengths, sampler, rescore, schedule))
 
     def buffers(self) -> list[torch.Tensor]:
         s = self.state
         out = [s.seq, s.row, s.scores, s.noise, self.flag, self.prefix, *[t for kv in s.kv or [] for t in kv]]
-        if s.prompt is not None:
-            out.append(s.prompt)
+        if self.keeps:
+            out += [s.prompt, s.source, s.free, self.kept_units]
         if self.rescorer is not None:
             out += self.rescorer.tensors()
         return out + (self.sampler.device_tensors() if hasattr(self.sampler, "device_tensors") else [])
@@ -145,7 +170,8 @@ class Decoder(StaticRunner):
         s = self.state
         return [s.seq, s.row, s.scores, self.flag]
 
-    def _load(self, kv: list, prompt: torch.Tensor | None, rescore_kv: list | None = None) -> None:
+    def _load(self, kv: list, prompt: torch.Tensor | None, rescore_kv: list | None = None,
+              kept: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         s = self.state
         if self.rescorer is not None:
             if rescore_kv is None:
@@ -153,25 +179,42 @@ class Decoder(StaticRunner):
             self.rescorer.load(rescore_kv)
         s.kv = static_copy(s.kv, kv, self.graphs)
         s.seq.fill_(self.lm.mask_id)
-        if self.n_prompt:
-            s.prompt.copy_(prompt)
-            s.seq[..., : self.n_prompt] = prompt.repeat(2, 1, 1)
+        if self.keeps:                          # the prompt is the prefix case of the kept frames
+            t = s.row.shape[-1]
+            frames = torch.arange(t, device=s.row.device).expand(self.batch, t)
+            if kept is None and not self.n_prompt:
+                raise ParameterError("this Decoder keeps frames: pass kept=(known tokens, source)")
+            if kept is None:
+                s.prompt.zero_()
+                s.prompt[..., : self.n_prompt] = prompt
+                s.source.copy_(torch.where(frames < self.n_prompt, frames + t, frames))
+            else:
+                s.prompt.copy_(kept[0])
+                s.source.copy_(kept[1])
+            torch.eq(s.source, frames, out=s.free)
+            unit = self.arrangement.unit
+            self.kept_units.copy_((~s.free).reshape(self.batch, -1, unit).all(-1))
+            start = torch.cat([s.seq[: self.batch], s.prompt], dim=-1).gather(
+                -1, s.source.unsqueeze(1).expand(-1, s.prompt.shape[1], -1))
+            s.seq.copy_(start.repeat(2, 1, 1))
         self.flag.zero_()
 
     def run(self, kv: list, prompt: torch.Tensor | None = None, generator=None, callback=None,
-            on_step=None, rescore_kv: list | None = None) -> torch.Tensor:
+            on_step=None, rescore_kv: list | None = None,
+            kept: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Decode all stages for this call's condition K/V, prompt and generator(s) -> [B, n_q, T'].
 
         on_step(stage, index, state): called after each step (eager runs only: an observation hook).
-        rescore_kv: the rescorer's per-layer cross K/V of the B conditional rows (when rescoring)."""
-        self._load(kv, prompt, rescore_kv)
+        rescore_kv: the rescorer's per-layer cross K/V of the B conditional rows (when rescoring).
+        kept: (known [B, n_q, T'], source [B, T']) for a Decoder built with ``schedule`` (DecodeState)."""
+        self._load(kv, prompt, rescore_kv, kept)
         s, mask_id = self.state, self.lm.mask_id
         total, done = sum(self.params.decoding_steps), 0
-        n_fixed = self.n_prompt // self.arrangement.unit
         for stage, plan in enumerate(self.plans):
             s.row.fill_(mask_id)
             s.scores.zero_()
-            s.scores[:, :n_fixed] = S.DONT_REMASK           # prompt spans are never re-masked
+            if self.keeps:                                  # kept (prompt) spans are never re-masked
+                s.scores.masked_fill_(self.kept_units, S.DONT_REMASK)
             s.prefix = self.lm.stage_prefix(s.seq, stage, out=self.prefix)
             for step in plan:
                 # one Exp(1) draw of [B, T, card] per step, as torch.multinomial would make after the forward
@@ -204,7 +247,7 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
            generator: torch.Generator | list[torch.Generator] | None = None,
            cross_lengths: tuple[int, ...] | None = None, sampler: str = "torch", callback=None,
            graphs: str | None = None, cache: dict | None = None, on_step=None,
-           rescore=None) -> torch.Tensor:
+           rescore=None, kept: tuple | None = None, schedule: tuple[int, float] | None = None) -> torch.Tensor:
     """Run all stages with the model's attention backend. kv: cross-attention K/V for 2*batch rows (cond
     then null). -> [B, n_q, T'] int64.
 
@@ -214,11 +257,12 @@ def decode(lm: MagnetLM, kv: list, batch: int, frames: int, params: SamplingPara
     sampled from garbage. graphs / cache: see ``Decoder``; ``cache`` (a dict owned by the caller, e.g. the
     API's DecoderCache) keeps Decoders, with their buffers and recordings, for later calls of the same key.
     rescore: None, or a ``rescoring.RescoreRequest`` (``Rescoring.prepare``) to rescore every step.
+    kept / schedule: kept frames (``Decoder``, ``DecodeState``; editing.py).
     """
     n_prompt = 0 if prompt is None else prompt.shape[-1]
     key = Decoder.make_key(lm, batch, frames, kv[0][0].shape[-2], params, n_prompt, cross_lengths, sampler,
-                           graphs, None if rescore is None else rescore.spec)
+                           graphs, None if rescore is None else rescore.spec, schedule)
     decoder = cached(cache, key, lambda: Decoder(lm, batch, frames, params, n_prompt=n_prompt,
                                                  cross_lengths=cross_lengths, sampler=sampler, graphs=graphs,
-                                                 rescore=rescore))
-    return decoder.run(kv, prompt, generator, callback, on_step, None if rescore is None else rescore.kv)
+                                                 rescore=rescore, schedule=schedule))
+    return decoder.run(kv, prompt, generator, callback, on_step, None if rescore is None else rescore.kv, kept)

@@ -23,10 +23,11 @@ class Step:
 
 
 def stage_steps(stage: int, n_steps: int, n_units: int, *, temperature: float, anneal_temp: bool,
-                max_cfg_coef: float, min_cfg_coef: float) -> list[Step]:
-    """The steps of one stage; n_units = spans (nonoverlap) or tokens (stride1) left to generate."""
+                max_cfg_coef: float, min_cfg_coef: float, start: float = 0.0) -> list[Step]:
+    """The steps of one stage; n_units = spans (nonoverlap) or tokens (stride1) left to generate.
+    start: the first timestep (0: MAGNeT's schedule; a variation starts later, at a lower masking rate)."""
     steps = []
-    for i, timestep in enumerate(torch.linspace(0, 1, n_steps)):
+    for i, timestep in enumerate(torch.linspace(start, 1, n_steps)):
         mask_p = torch.cos(timestep * math.pi * 0.5)                       # float32, as upstream
         num_masked = max(int((mask_p * n_units).item()), 1)
         p = float(mask_p)

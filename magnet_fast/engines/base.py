@@ -163,7 +163,11 @@ class Engine:
             kwargs["prompt"] = self.prompt_tokens(prompt_audio, len(descriptions), prompt_sample_rate)
         else:
             self.load_codec()                              # fail before decoding if there is no codec
-        return self.decode(self.generate_tokens(descriptions, **kwargs))
+        return self._audio(self.generate_tokens(descriptions, **kwargs), kwargs)
+
+    def _audio(self, tokens: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """generate()'s tokens -> audio (MAGNeT: a loop is decoded wrapped around its ends)."""
+        return self.decode(tokens)
 
     # ----------------------------------------------------------------------------------- settings
     @property

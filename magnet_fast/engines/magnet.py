@@ -66,7 +66,7 @@ class MagnetFast(Engine):
                         rescorer=None, rescore_weight=0.7, rescore_temperature: float = 1.0,
                         hybrid=None, hybrid_seconds: float = 3.0, hybrid_params: dict | None = None,
                         duration: float | None = None, extend_stride: float | None = None,
-                        callback=None) -> torch.Tensor:
+                        callback=None, loop: bool = False) -> torch.Tensor:
         """Generate codec tokens [B, n_q, T] (T = 498 for 10 s models with 'nonoverlap', else frames).
 
         None means the model's default (config.json). ``seed`` draws from a private generator seeded
@@ -107,7 +107,13 @@ class MagnetFast(Engine):
         ways, so a new window gets as much context as it generates; docs/DESIGN.md, Long-form generation).
 
         callback(done, total): called after every decoding step (total: the steps of one window).
+
+        loop=True: a seamless loop of ``duration`` seconds (default half the window) by LoopGen's circular
+        padding (editing.py, docs/editing.md); not combinable with prompt, hybrid or long-form.
         """
+        if loop is not False:                               # editing.py: every other keyword passes through
+            from magnet_fast.engines.editing import loop_tokens
+            return loop_tokens(self, **{k: v for k, v in locals().items() if k not in ("self", "loop_tokens")})
         return self.run(self.request(
             descriptions, seed=seed, prompt=prompt, decoding_steps=decoding_steps, temperature=temperature,
             top_p=top_p, top_k=top_k, use_sampling=use_sampling, max_cfg_coef=max_cfg_coef,
@@ -190,6 +196,35 @@ class MagnetFast(Engine):
         if long is None and duration is not None:
             keep = min(frames, max(1, round(duration * self.frame_rate)))
         return long, keep
+
+    def _audio(self, tokens: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        if kwargs.get("loop", False) is not False:        # a loop's audio is decoded wrapped around (editing.py)
+            from magnet_fast.engines.editing import loop_audio
+            return loop_audio(self, tokens)
+        return self.decode(tokens)
+
+    # ------------------------------------------------------------------- editing (editing.py, docs/editing.md)
+    def edit_tokens(self, tokens, start=None, end=None, descriptions=None, **kwargs) -> torch.Tensor:
+        """Regenerate frames [round(start * rate), round(end * rate)) of tokens [B, K, T] (or ``ranges=``) given
+        the text and the kept frames on both sides; every other frame is kept bit for bit."""
+        from magnet_fast.engines.editing import edit_tokens
+        return edit_tokens(self, tokens, start, end, descriptions, **kwargs)
+
+    def edit(self, audio, start=None, end=None, descriptions=None, **kwargs) -> torch.Tensor:
+        """Audio (path or [B, C, S] with sample_rate=) -> the edited audio, spliced with an equal-power
+        crossfade (crossfade=0.05 s): samples outside [start - crossfade, end + crossfade] are the input's."""
+        from magnet_fast.engines.editing import edit
+        return edit(self, audio, start, end, descriptions, **kwargs)
+
+    def vary_tokens(self, tokens, strength, descriptions=None, **kwargs) -> torch.Tensor:
+        """A variation: ``strength`` in (0, 1] of the spans re-masked and decoded from that masking rate."""
+        from magnet_fast.engines.editing import vary_tokens
+        return vary_tokens(self, tokens, strength, descriptions, **kwargs)
+
+    def vary(self, audio, strength, descriptions=None, **kwargs) -> torch.Tensor:
+        """Audio (path or [B, C, S] with sample_rate=) -> a variation (``vary_tokens``), decoded."""
+        from magnet_fast.engines.editing import vary
+        return vary(self, audio, strength, descriptions, **kwargs)
 
     def params(self, **overrides) -> SamplingParams:
         """This model's defaults overridden by the non-None ``overrides``, validated (ParameterError)."""

@@ -45,12 +45,12 @@ class Progress:
     """One call's progress: a tqdm bar (``progress=True``) and/or the caller's ``callback(done, total)``,
     spanning every window and chunk. ``expect(n)`` adds the steps of a window about to run."""
 
-    def __init__(self, show: bool, callback=None, total: int | None = None):
+    def __init__(self, show: bool, callback=None, total: int | None = None, desc: str = "decoding"):
         self.callback = callback
         self.bar = None
         if show:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc="decoding", unit="step")
+            self.bar = tqdm(total=total, desc=desc, unit="step")
         self._fixed = total is not None
 
     def expect(self, steps: int) -> None:

@@ -91,7 +91,8 @@ def test_job_lines_split_on_newline_only_with_bom_and_crlf(tmp_path):
 
 
 def test_prompts_file_split_on_newline_only_with_bom(tmp_path):
-    from magnet_fast.cli import build_parser, read_prompts
+    from magnet_fast.cli import build_parser
+    from magnet_fast.flags import read_prompts
     texts = [f"a{c}b" for c in LEGAL_INSIDE]
     p = tmp_path / "p.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"description": t}, ensure_ascii=False) + "\r\n"
