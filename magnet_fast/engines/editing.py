@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from magnet_fast.engines.inputs import check_descriptions, check_flag, check_generator
+from magnet_fast.checks import check_descriptions
+from magnet_fast.engines.inputs import check_flag, check_generator
 from magnet_fast.errors import ParameterError
 from magnet_fast.params import output_frames
 

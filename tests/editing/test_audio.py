@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from tests.test_cli import assert_usage_error, run_main
 
 from magnet_fast.engines.editing import equal_power_splice
 from magnet_fast.errors import ParameterError
 from tests.editing.conftest import FAST
+from tests.frontends.test_cli import assert_usage_error, run_main
 
 RATE = 32000
 

@@ -7,10 +7,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from tests.model.test_static_decoder import _assert_recordings_read_only_long_lived_tensors
 
-from magnet_fast.decoding.magnet import decode, resolve_params
+from magnet_fast.decoding.magnet import decode
 from magnet_fast.engines.editing import keep_source, region_units, wrap_source
+from magnet_fast.params import resolve_params
+from tests.decoding.test_static_decoder import _assert_recordings_read_only_long_lived_tensors
 
 
 def _kv(model, texts):
