@@ -41,13 +41,15 @@ def check_sample_rate(rate, name: str = "sample_rate") -> int:
     would otherwise size a resampling kernel or a loudness FFT in gigabytes."""
     import operator
     if isinstance(rate, bool) or type(rate).__name__ == "bool_":
-        raise ParameterError(f"{name} must be an integer number of Hz, got {rate!r}")
+        raise ParameterError(f"{name} must be a positive integer (Hz), got {rate!r}")
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
     try:
         rate = operator.index(rate)
     except TypeError:
-        raise ParameterError(f"{name} must be an integer number of Hz, got {rate!r}") from None
+        raise ParameterError(f"{name} must be a positive integer (Hz), got {rate!r}") from None
+    if rate < 1:
+        raise ParameterError(f"{name} must be a positive integer (Hz), got {rate!r}")
     if not MIN_RATE <= rate <= MAX_RATE:
         raise ParameterError(f"{name} must be in {MIN_RATE}..{MAX_RATE} Hz, got {rate}; resample the audio first")
     return rate

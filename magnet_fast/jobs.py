@@ -695,8 +695,12 @@ def model_key(model) -> dict | None:
                     "device": device.type}
         path = getattr(model, "path", None)
         if path is not None and hasattr(model, "generate"):
+            backend = str(getattr(model, "attention_backend", "default"))
+            default = getattr(model, "_default_attention", None)
+            if callable(default) and default() == backend:
+                backend = "default"                       # as a ModelSpec without attention= says it
             return {"digest": model_identity(Path(path)), "loader": f"{type(model).__module__}:{type(model).__name__}",
-                    "attention": str(getattr(model, "attention_backend", "default")),
+                    "attention": backend,
                     "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
                     "device": torch.device(getattr(model, "device", "cpu")).type}
     except MagnetFastError:

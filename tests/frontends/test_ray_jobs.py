@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason='Ray not installed (pip install -e ".[ra
 pytest.importorskip("ray.data", reason='Ray Data not installed (pip install -e ".[ray]")')
 
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402
-from magnet_fast.jobs import ModelSpec, file_names, run_job  # noqa: E402
+from magnet_fast.jobs import FILES_NAME, ModelSpec, file_names, run_job  # noqa: E402
 from magnet_fast.ray_jobs import run_ray_job  # noqa: E402
 
 FAST = {"decoding_steps": [2, 1, 1, 1]}
@@ -90,6 +90,7 @@ def test_ray_job_matches_single_process_and_resumes(local_ray, tmp_path):
     for item_id in ("calm piano", "jazz"):
         shutil.copy(tmp_path / "single" / names[item_id], out / names[item_id])
     (out / names["edm"]).write_bytes(ref[names["edm"]][:1000])
+    (out / FILES_NAME).write_text(names["edm"] + "\n")     # the run listed it before writing (issue 24)
     (out / f".{names['lofi']}.tmp-x1y2").write_bytes(b"partial")
     warned = []
     resumed = run_ray_job(job, out, spec, defaults=FAST, max_batch=4, replicas=1, warn=warned.append)

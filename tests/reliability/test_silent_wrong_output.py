@@ -75,6 +75,11 @@ def test_resume_key_includes_what_changes_the_bytes(tmp_path, change):
     assert set(key) >= {"digest", "attention", "dtype", "device"} and key["device"] == "cpu"
 
 
+def test_resume_key_same_for_a_loaded_model_and_its_spec(demo_model):
+    assert jobs.model_key(demo_model) == jobs.model_key(ModelSpec(str(DEMO_MODEL), {"device": "cpu"}))
+    assert jobs.model_key(lambda: demo_model) is None                   # unknown before loading
+
+
 # ----------------------------------------------------------------------------------------- JSONL lines
 LEGAL_INSIDE = ["\u2028", "\u2029", "\u0085", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e"]
 
