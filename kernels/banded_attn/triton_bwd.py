@@ -233,16 +233,17 @@ def bwd_block_config(D: int, banded: bool, window: int, interpret: bool | None =
     keys. Every choice compiles for sm_90 without spills (bench/sm90.py, bench/results/sm90-*/)."""
     if interpret is None:
         interpret = interpreting()
-    delta = {"BT": 16 if interpret else 64, "num_warps": 4}
+    delta = {"BT": 16 if interpret else 32, "num_warps": 4}      # 64 rows spilled at fp16 D=48 (Triton 3.6)
     if interpret:
         tile = {"BM": 16, "BN": 16, "num_warps": 4, "num_stages": 1}
         return {"dkdv": dict(tile), "dq": dict(tile), "delta": delta}
     small_band = banded and window <= 32
     if fp32:
-        # IEEE fp32 dots hold twice the registers of 16-bit tiles, and ptxas is erratic with them: 8 warps
-        # spill at D = 80/96 (capped at 128 registers, Triton 3.9), 2 stages spill 8-80 B at several D with
-        # the GPU image's Triton 3.6. One stage, 4 warps, and a 16-row dQ tile above D = 64 spill nowhere.
-        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 1},
+        # IEEE fp32 dots hold twice the registers of 16-bit tiles, and ptxas is erratic with them (measured,
+        # bench/results/sm90-*-bwd/): 8 warps spill at D = 80/96 with Triton 3.9; with the GPU image's 3.6,
+        # two stages spill 8-80 B at D = 32/48 (dK/dV) and 64-128 (dQ), while one stage spills dK/dV at
+        # D = 80/96 with 3.9. These choices spill with neither.
+        return {"dkdv": {"BM": 16, "BN": 32, "num_warps": 4, "num_stages": 1 if D <= 64 else 2},
                 "dq": {"BM": 32 if D <= 64 else 16, "BN": 16, "num_warps": 4, "num_stages": 1}, "delta": delta}
     if D > 64:
         return {"dkdv": {"BM": 16, "BN": 64, "num_warps": 8, "num_stages": 2},
