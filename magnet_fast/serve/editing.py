@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from magnet_fast.errors import MagnetFastError, ParameterError
-from magnet_fast.serve.scheduler import FORMATS, Request, Result, check_request
+from magnet_fast.serve.scheduler import Request, Result, check_request
 
 MAX_UPLOAD = 32 * 1024 * 1024          # bytes of a /v1/edit multipart body (the WAV and the JSON)
 EDIT_BODY_KEYS = ("model", "text", "seed", "format", "start", "end", "ranges", "crossfade")
@@ -211,8 +211,6 @@ def check_edit(params: dict, audio: bytes, engines: dict, *, default_model: str 
         if e - a > window:
             raise ParameterError(f"range {a / engine.frame_rate:g}-{e / engine.frame_rate:g} s is longer than the "
                                  f"model's window ({window / engine.frame_rate:g} s); edit it in parts")
-    if req.format not in FORMATS:                         # (checked by check_request; kept for clarity)
-        raise ParameterError(f"\"format\" must be one of {list(FORMATS)}")
     return EditRequest(req.model, req.text, req.seed, sampling, req.format, seed_drawn=req.seed_drawn,
                        audio=audio, start=start, end=end, ranges=ranges, crossfade=crossfade)
 

@@ -229,3 +229,20 @@ def test_too_large_queue_full_and_timeout(engines, tmp_path):
     with running(slow):
         (r,) = call(slow, edit_request(wav, ok))
         assert r.status_code == 504 and r.json()["type"] == "Timeout", r.text
+
+
+def test_real_server_edit_matches_cli(server, tmp_path):
+    """Through uvicorn on 127.0.0.1 (the session's ``magnet-fast serve`` process, batch window 1 s: an edit
+    does not wait it out)."""
+    clip(tmp_path / "in.wav", 0.9, rate=48000, channels=2, seed=4)
+    with open(tmp_path / "in.wav", "rb") as f:
+        r = httpx.post(server.url + "/v1/edit", files={"audio": ("in.wav", f, "audio/wav")}, timeout=120,
+                       data={"params": json.dumps({"start": 0.24, "end": 0.6, "text": "bright synth", "seed": 21,
+                                                   "decoding_steps": STEPS})})
+    assert r.status_code == 200, r.text
+    assert float(r.headers["x-queue-ms"]) < 900
+    assert r.content == cli_edit(tmp_path, tmp_path / "in.wav", "bright synth", "--start", "0.24", "--end", "0.6",
+                                 "--seed", "21", "--steps", "2,1,1,1")
+    r = httpx.post(server.url + "/v1/edit", files={"audio": ("in.wav", b"x" * 10, "audio/wav")},
+                   data={"params": json.dumps({"model": "musicgen", "start": 0.1, "end": 0.5})}, timeout=60)
+    assert r.status_code == 422 and "no masked decoding" in r.json()["error"]
