@@ -1,6 +1,7 @@
 """The HTTP side: ``create_app(models, **settings)`` -> a FastAPI (ASGI) app.
 
-Endpoints: ``POST /v1/generate`` (JSON -> WAV bytes or JSON tokens), ``GET /v1/models``, ``GET /healthz``,
+Endpoints: ``POST /v1/generate`` (JSON -> WAV bytes or JSON tokens), ``POST /v1/edit`` (multipart: a WAV and
+JSON params -> the edited WAV or tokens; serve/editing.py), ``GET /v1/models``, ``GET /healthz``,
 ``GET /metrics`` (Prometheus), ``GET /`` (the web page, shipped in ``static/``), OpenAPI at ``/docs``.
 Every error is JSON ``{"error": "<one line>", "type": "<exception class>"}`` with its status code:
 413 body too large, 422 invalid JSON or parameters (the engine's own message), 429 queue full (with
@@ -83,7 +84,7 @@ class ServeState:
     def __init__(self, models, *, max_batch: int | None = None, batch_window_ms: float = 20.0,
                  max_queue: int = 64, timeout: float | None = None, device: str = "cpu", dtype=None,
                  exact: bool = False, t5=None, buckets="auto", max_duration: float | None = None,
-                 max_body: int = MAX_BODY, log=None):
+                 max_body: int = MAX_BODY, max_upload: int | None = None, log=None):
         from magnet_fast.config import MagnetConfig
         from magnet_fast.engines.inputs import check_device
         self.specs = _spec_list(models)
@@ -91,7 +92,7 @@ class ServeState:
         for name, m in self.specs:                # config.json of every folder checked before anything loads
             self.kinds[name] = m.config.kind if hasattr(m, "config") else MagnetConfig.load(Path(m)).kind
         for label, value, lo in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1),
-                                 ("max_body", max_body, 1)):
+                                 ("max_body", max_body, 1), ("max_upload", max_upload, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lo):
                 raise ParameterError(f"{label} must be an integer >= {lo}, got {value!r}")
         for label, value in (("batch_window_ms", batch_window_ms), ("timeout", timeout),
@@ -106,6 +107,9 @@ class ServeState:
         self.max_batch = max_batch or DEFAULT_MAX_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
         self.window_s = batch_window_ms / 1000.0
         self.max_queue, self.timeout, self.max_body = max_queue, timeout, max_body
+        if max_upload is None:
+            from magnet_fast.serve.editing import MAX_UPLOAD as max_upload
+        self.max_upload = max_upload
         # CPU: no graphs to reuse, so padding would only cost compute; CUDA: powers of two (one recording each)
         self.buckets = ("pow2" if self.device.startswith("cuda") else None) if buckets == "auto" else buckets
         self.max_duration_setting = max_duration
@@ -222,6 +226,20 @@ GENERATE_DOC = {
 }
 
 
+EDIT_DOC = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["audio", "params"],
+        "properties": {
+            "audio": {"type": "string", "format": "binary", "description": "the audio to edit (WAV)"},
+            "params": {"type": "string", "description": (
+                "JSON: {\"model\", \"start\", \"end\" (seconds) or \"ranges\": [[s, e], ...], \"text\" (null: "
+                "unconditional), \"seed\", \"crossfade\" (0.05 s), \"format\": \"wav\"|\"tokens\", and any "
+                "sampling keyword of MagnetFast.edit (decoding_steps, temperature, top_p, top_k, ...)}")}}}}}},
+    "responses": {"200": {"description": "16-bit PCM WAV (format=wav) or JSON tokens (format=tokens)",
+                          "content": {"audio/wav": {}, "application/json": {}}}},
+}
+
+
 def create_app(models, **settings):
     """An ASGI app (FastAPI) serving ``models``: a converted model folder, a loaded engine, or a dict
     name -> folder/engine (MAGNeT and MusicGen kinds; the engine follows config.json's kind).
@@ -231,7 +249,8 @@ def create_app(models, **settings):
     timeout (seconds from arrival; None: no limit; then 504), device, dtype, exact (the parity attention),
     t5 (a T5 folder for folders loaded here), buckets ("auto": powers of two on CUDA, none on CPU; None;
     "pow2"; or sizes), max_duration (seconds a request may ask for; default each model's window, so no
-    long-form unless raised), max_body (bytes of a request body, 65536), log (callable for server lines).
+    long-form unless raised), max_body (bytes of a request body, 65536), max_upload (bytes of a /v1/edit
+    multipart body: the WAV and its JSON, 32 MiB), log (callable for server lines).
     Folders are checked now and loaded when the app starts (its lifespan: ``with TestClient(app)``,
     uvicorn, Ray Serve)."""
     try:
@@ -285,6 +304,10 @@ def create_app(models, **settings):
         except MagnetFastError as e:                       # e.g. a CheckpointError raised by a check
             state.metrics.request(model, 422)
             return _error(422, str(e).splitlines()[0], type(e).__name__)
+        return await _respond(request, req, t0)
+
+    async def _respond(request, req: Request, t0: float):
+        """Queue a checked request on its model's worker, wait for it (timeout, disconnect), respond."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -335,6 +358,34 @@ def create_app(models, **settings):
                                  "shape": [len(result.tokens), len(result.tokens[0]) if result.tokens else 0],
                                  "frame_rate": state.engines[req.model].frame_rate}, headers=headers)
         return Response(result.wav, media_type="audio/wav", headers=headers)
+
+    @app.post("/v1/edit", openapi_extra=EDIT_DOC, summary="a WAV + a time range + text -> the edited WAV (or tokens)")
+    async def edit(request: HTTPRequest):
+        from magnet_fast.serve.editing import MissingExtra, check_edit, form_fields, parse_form
+        t0 = time.monotonic()
+        model = state.default_model
+        try:
+            raw = await _read_body(request, state.max_upload)
+            params, audio = form_fields(parse_form(raw, request.headers.get("content-type")))
+            if isinstance(params.get("model"), str) and params["model"] in state.workers:
+                model = params["model"]
+            if state.draining or not state.started:
+                raise Closed("the server is shutting down and takes no new requests")
+            req = await run_in_threadpool(check_edit, params, audio, state.engines,
+                                          default_model=state.default_model)
+        except TooLarge as e:
+            state.metrics.request(model, 413)
+            return _error(413, str(e) + " (create_app(max_upload=...))", "TooLarge")
+        except Closed as e:
+            state.metrics.request(model, 503)
+            return _error(503, str(e), "Closed")
+        except MissingExtra as e:
+            state.metrics.request(model, 500)
+            return _error(500, str(e), "MissingExtra")
+        except MagnetFastError as e:                       # ParameterError: the engine's own message
+            state.metrics.request(model, 422)
+            return _error(422, str(e).splitlines()[0], type(e).__name__)
+        return await _respond(request, req, t0)
 
     @app.get("/v1/models", summary="the served models, their defaults and parameters")
     async def models():

@@ -304,7 +304,7 @@ class ModelWorker:
                 head = self.queue[0]
                 mates = [r for r in self.queue if r.key == head.key]
                 wait = head.arrival + self.window_s - time.monotonic()
-                if len(mates) >= self.max_batch or wait <= 0 or self.closing:
+                if len(mates) >= self.max_batch or wait <= 0 or self.closing or hasattr(head, "execute"):
                     batch = mates[:self.max_batch]
                     taken = set(map(id, batch))
                     self.queue = deque(r for r in self.queue if id(r) not in taken)
@@ -339,6 +339,9 @@ class ModelWorker:
         t0 = time.monotonic()
         for r in batch:
             r.started = t0
+        if hasattr(batch[0], "execute"):                # an edit (serve/editing.py): a batch of one, run here
+            self._run_alone(batch[0], t0)
+            return
         n = len(batch)
         size = bucket_for(n, self.buckets)
         texts = [r.text for r in batch] + [batch[0].text] * (size - n)
@@ -382,6 +385,32 @@ class ModelWorker:
                 result = Result(500, error=_one_line(e), error_type=type(e).__name__, batch=n, padded=size,
                                 queue_s=t0 - r.arrival)
             self._finish(r, result)
+        self.batches += 1
+        self.last_batch_s = time.monotonic() - t0
+
+    def _run_alone(self, req: Request, t0: float) -> None:
+        """A request that runs by itself (``req.execute(engine) -> Result``), with the faults of a batch."""
+        if self.metrics is not None:
+            self.metrics.batch(self.name, 1, 1)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = req.execute(self.engine)
+            for w in caught:
+                self.log(f"{self.name}: {w.category.__name__}: {w.message}")
+        except ParameterError as e:
+            self._fail([req], 422, e, t0)
+            return
+        except MagnetFastError as e:
+            self._fail([req], 500, e, t0)
+            return
+        except Exception as e:  # noqa: BLE001
+            self.log(f"{self.name}: {traceback.format_exc()}")
+            self._fail([req], 500, e, t0, prefix="internal error: ")
+            return
+        result.batch, result.padded = 1, 1
+        result.queue_s, result.compute_s = t0 - req.arrival, time.monotonic() - t0
+        self._finish(req, result)
         self.batches += 1
         self.last_batch_s = time.monotonic() - t0
 
