@@ -246,7 +246,8 @@ def cmd_generate(args) -> int:
         engine = MusicGenFast if cfg.kind == "musicgen" else MagnetFast
         model = engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
                                            codec=args.codec, allow_download=args.allow_download,
-                                           attention="exact" if args.exact else None)
+                                           attention="exact" if args.exact else None,
+                                           quantize="int8" if getattr(args, "int8", False) else None)
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
     if cfg.kind == "magnet":
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exact", action="store_true",
                    help="parity mode: audiocraft's dense attention arithmetic (on CPU float32 its tokens bit "
                         "for bit for the same seed; slower than the default)")
+    g.add_argument("--int8", action="store_true",
+                   help="CPU float32 only, opt-in: int8 linears (torch dynamic quantization); tokens statistically, "
+                        "not bitwise, the float32 ones")
     g.add_argument("--t5", help="local T5 folder (default: the model's t5/ or its config name)")
     g.add_argument("--codec", help="local EnCodec folder (transformers format) overriding the model's")
     g.add_argument("--allow-download", action="store_true", help="let transformers fetch T5/codec from the hub")
