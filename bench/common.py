@@ -100,14 +100,14 @@ def save_results(out: Path, meta: dict, rows: list[dict], md_lines: list[str], p
 
 # --- runtime variants (bench/runtime.py, bench/e2e.py)
 
-VARIANT_FLAGS = {"graphs", "fused"}
+VARIANT_FLAGS = {"graphs", "fused", "int8"}     # int8: a model loaded with quantize="int8" (CPU; bench/e2e.py)
 
 
 def parse_variant(variant: str) -> tuple[str, set]:
     """'triton+fused+graphs' -> ('triton', {'fused', 'graphs'}); SystemExit on an unknown flag."""
     backend, *flags = variant.split("+")
     if set(flags) - VARIANT_FLAGS:
-        raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused]")
+        raise SystemExit(f"unknown variant {variant!r}: BACKEND[+graphs][+fused][+int8]")
     return backend, set(flags)
 
 

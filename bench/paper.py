@@ -38,14 +38,16 @@ T5 = ROOT / "tests" / "fixtures" / "ac_ref" / "t5_tiny"          # width 768, li
 TEXTS = ["energetic edm with drums and bass", "calm piano", "funky disco groove", "slow jazz with guitar"]
 
 
-def build(folder: Path, kind: str, dim: int, heads: int, layers: int, duration: float, seed: int) -> None:
-    """A random-weight model in the converted format (fp16 weights, like convert's default)."""
+def build(folder: Path, kind: str, dim: int, heads: int, layers: int, duration: float, seed: int,
+          steps=(20, 10, 10, 10)) -> None:
+    """A random-weight model in the converted format (fp16 weights, like convert's default). The MAGNeT's
+    default decoding steps are ``steps`` (a 1 s dry-run model has 16 spans: audiocraft's 20 would not fit)."""
     from magnet_fast.config import MagnetConfig
     from magnet_fast.nn.model import MagnetLM
-    from magnet_fast.params import ARParams
+    from magnet_fast.params import ARParams, SamplingParams
     geo = dict(dim=dim, num_heads=heads, num_layers=layers, card=2048, t5_name="t5-base", t5_dim=768)
     if kind == "magnet":
-        cfg = MagnetConfig(**geo, segment_duration=duration)
+        cfg = MagnetConfig(**geo, segment_duration=duration, generation=SamplingParams(decoding_steps=tuple(steps)))
     else:
         cfg = MagnetConfig(**geo, kind="musicgen", delays=(0, 1, 2, 3), lm_cfg_coef=3.0, span_len=1,
                            subcodes_context=-1, segment_duration=30.0, generation=ARParams())
@@ -77,7 +79,9 @@ def gates(magnet, musicgen, texts) -> dict:
 
 def rescorer_step_seconds(magnet, musicgen, texts, steps, weight, repeats: int) -> tuple[float, float]:
     """(one rescoring call: teacher-forced forward + mixing, one MAGNeT step without it), median seconds,
-    on the state of a real decode (the stage-1 first step)."""
+    on the state of a real decode (stage 1's first step, which is rescored when the stage has >= 2 steps).
+    On CUDA both are recorded once as CUDA graphs (``StaticRunner.run_step``, the decoder's own protocol)
+    and the replays are timed, as a decode under graphs runs them; on CPU they run eagerly."""
     from common import sync
 
     from magnet_fast.decoding.magnet import Decoder
@@ -85,12 +89,16 @@ def rescorer_step_seconds(magnet, musicgen, texts, steps, weight, repeats: int) 
     params = magnet.params(decoding_steps=steps)
     rescoring = Rescoring(magnet, musicgen, weight, 1.0, params.decoding_steps)
     cond, lengths = magnet.conditioning(texts)
+    graphs = "cuda" if magnet.device.type == "cuda" else None
     with torch.inference_mode():
         kv = magnet.lm.cross_kv(cond)
         request = rescoring.prepare(texts, False)
-        dec = Decoder(magnet.lm, len(texts), magnet.frames, params, cross_lengths=lengths, rescore=request)
+        dec = Decoder(magnet.lm, len(texts), magnet.frames, params, cross_lengths=lengths, rescore=request,
+                      sampler=magnet.sampler, graphs=graphs)
         dec._load(kv, None, request.kv)
         s, step = dec.state, dec.plans[1][0]
+        if dec.rescorer.weight(step) == 0.0:
+            raise SystemExit(f"steps {steps}: stage 1 needs >= 2 steps for a rescored step to time")
         s.seq[:, 0] = torch.randint(0, 2048, s.seq[:, 0].shape, generator=torch.Generator().manual_seed(0)).to(
             s.seq.device)
         s.prefix = magnet.lm.stage_prefix(s.seq, 1, out=dec.prefix)
@@ -98,22 +106,40 @@ def rescorer_step_seconds(magnet, musicgen, texts, steps, weight, repeats: int) 
         s.seq[:, 1] = row.repeat(2, 1)                           # a full candidate row (both CFG halves)
         probs = torch.rand(row.shape, device=row.device)
         masked = torch.ones_like(row, dtype=torch.bool)
-        t_res, t_step = [], []
-        for _ in range(repeats):
-            sync(magnet.device.type)
-            t0 = time.perf_counter()
-            dec.rescorer(s.seq, step, row, probs, masked)
-            sync(magnet.device.type)
-            t_res.append(time.perf_counter() - t0)
-            saved = dec.rescorer
-            dec.rescorer = None                                  # the same step without rescoring
+        rescorer = dec.rescorer
+
+        def rescore_call():
+            rescorer(s.seq, step, row, probs, masked)
+
+        def plain_step():                                        # the same step without rescoring
+            dec.rescorer = None
+            try:
+                dec._body(step)
+            finally:
+                dec.rescorer = rescorer
+
+        def reset():
             s.row.fill_(magnet.lm.mask_id)
             s.scores.zero_()
-            t0 = time.perf_counter()
-            dec._step(step)
+
+        t_res, t_step = [], []
+        for i in range(repeats + 1):                             # round 0: warm-up (and recording under CUDA)
             sync(magnet.device.type)
-            t_step.append(time.perf_counter() - t0)
-            dec.rescorer = saved
+            t0 = time.perf_counter()
+            dec.run_step(("paper", "rescore"), rescore_call)
+            sync(magnet.device.type)
+            if i:
+                t_res.append(time.perf_counter() - t0)
+            reset()
+            sync(magnet.device.type)
+            t0 = time.perf_counter()
+            dec.run_step(("paper", "step"), plain_step)
+            sync(magnet.device.type)
+            if i:
+                t_step.append(time.perf_counter() - t0)
+            reset()
+        if graphs is not None and len(dec.recorded) != 2:
+            raise SystemExit(f"expected 2 recorded steps, found {len(dec.recorded)}")
     return statistics.median(t_res), statistics.median(t_step)
 
 
@@ -128,7 +154,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--weight", type=float, default=0.7, help="rescore_weight")
     ap.add_argument("--hybrid-seconds", type=float, nargs="+", default=[1.0, 3.0, 5.0])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (>= 3 for a claim; the dry run uses 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, torch's on CUDA)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--render", type=Path, metavar="DIR", help="only rewrite DIR/results.md from DIR/results.json")
@@ -143,23 +169,30 @@ def main() -> None:
     threads = args.threads or (1 if args.device == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    from common import save_results, stamp, sync
+    from common import recordings, save_results, set_decoder_capacity, stamp, sync
 
     import magnet_fast as mf
     started = time.perf_counter()
     steps = [int(s) for s in args.steps.split(",")]
     texts = TEXTS[: args.batch] if args.batch <= len(TEXTS) else [TEXTS[i % len(TEXTS)] for i in range(args.batch)]
     tmp = Path(tempfile.mkdtemp(prefix="magnet-paper-"))
-    build(tmp / "magnet", "magnet", args.dim, args.heads, args.layers, args.duration, seed=0)
+    build(tmp / "magnet", "magnet", args.dim, args.heads, args.layers, args.duration, seed=0, steps=steps)
     build(tmp / "musicgen", "musicgen", args.dim, args.heads, args.layers, args.duration, seed=1)
-    magnet = mf.MagnetFast.from_pretrained(tmp / "magnet", device=args.device, t5=T5)
-    musicgen = mf.MusicGenFast.from_pretrained(tmp / "musicgen", device=args.device, t5=T5)
-    frames = magnet.generate_tokens(texts[:1], seed=0, decoding_steps=[1, 1, 1, 1]).shape[-1]   # warm-up
+    # CUDA: graphs recorded on a shape's first call (the warm-up round below), replayed while timing; every
+    # shape of a round (MAGNeT, rescoring, 3 hybrids, their MusicGen prefixes, MusicGen alone) stays cached
+    graphs = True if args.device == "cuda" else None
+    magnet = mf.MagnetFast.from_pretrained(tmp / "magnet", device=args.device, t5=T5, cuda_graphs=graphs)
+    musicgen = mf.MusicGenFast.from_pretrained(tmp / "musicgen", device=args.device, t5=T5, cuda_graphs=graphs)
+    capacity = 4 * (3 + len(args.hybrid_seconds))
+    set_decoder_capacity(magnet, capacity)
+    set_decoder_capacity(musicgen, capacity)
+    frames = magnet.generate_tokens(texts[:1], seed=0, decoding_steps=[1, 1, 1, 1]).shape[-1]
 
     meta = stamp(args.device)
     meta.update(geometry={"dim": args.dim, "heads": args.heads, "layers": args.layers, "card": 2048, "n_q": 4},
                 duration_s=args.duration, magnet_frames=frames, musicgen_frames=int(args.duration * 50),
                 steps=steps, batch=args.batch, rescore_weight=args.weight, repeats=args.repeats,
+                cuda_graphs=magnet.cuda_graphs, decoder_capacity=capacity,
                 magnet_attention=magnet.attention_backend, musicgen_attention=musicgen.attention_backend,
                 dtype=str(magnet.dtype).replace("torch.", ""), threads=torch.get_num_threads(),
                 weights="random (fp16 stored), built by bench/paper.py", t5="tests/fixtures/ac_ref/t5_tiny")
@@ -175,15 +208,27 @@ def main() -> None:
             texts, seed=s, decoding_steps=steps, hybrid=musicgen, hybrid_seconds=sec)
     modes["MusicGen alone"] = lambda s: musicgen.generate_tokens(texts, seed=s, duration=args.duration)
     times: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(args.repeats):                      # round-robin: load drifts hit every mode alike
-        for name, fn in modes.items():
+    warm: dict[str, float] = {}
+    for r in range(-1, args.repeats):     # round -1: the warm-up of every shape timed below (records under CUDA)
+        if r == 0:
+            recorded = (recordings(magnet), recordings(musicgen))
+        for name, fn in modes.items():    # round-robin: load drifts hit every mode alike
             sync(args.device)
             t0 = time.perf_counter()
             out = fn(100 + r)
             sync(args.device)
-            times[name].append(time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            if r < 0:
+                warm[name] = dt
+            else:
+                times[name].append(dt)
             assert out.shape[0] == len(texts)
-            print(f"  round {r}: {name}: {times[name][-1]:.2f} s", flush=True)
+            print(f"  round {r}{' (warm-up)' if r < 0 else ''}: {name}: {dt:.2f} s", flush=True)
+    meta["warm_up_s"] = warm
+    # a change here means a timed round recorded (or re-recorded after an eviction): not a replay timing
+    meta["recorded_while_timing"] = (recordings(magnet), recordings(musicgen)) != recorded
+    if args.device == "cuda" and meta["recorded_while_timing"]:
+        raise SystemExit("a timed round recorded CUDA graphs (decoder cache too small?): timings are not replays")
 
     res_step, magnet_step = rescorer_step_seconds(magnet, musicgen, texts, steps, args.weight, max(3, args.repeats))
     n_steps = sum(steps)
@@ -221,7 +266,9 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
           f"({meta['magnet_frames']} MAGNeT frames nonoverlap, {meta['musicgen_frames']} MusicGen frames); MAGNeT "
           f"steps {','.join(map(str, steps))}, attention '{meta['magnet_attention']}'; MusicGen defaults (top-k 250, "
           f"CFG 3), attention '{meta['musicgen_attention']}'; {meta['dtype']}, {meta['threads']} threads; text → "
-          f"tokens, median of {meta['repeats']} round-robin runs; load average at start {meta['loadavg_at_start']}. "
+          f"tokens, median of {meta['repeats']} round-robin runs after a warm-up round (CUDA graphs: "
+          f"{meta.get('cuda_graphs', 'n/a')}; recorded while timing: {meta.get('recorded_while_timing', 'n/a')}); "
+          f"load average at start {meta['loadavg_at_start']}. "
           "Gates: " + ", ".join(f"{k} {v}" for k, v in meta["gates"].items()) + ".", "",
           "| mode | text → tokens | vs MAGNeT | runs |", "|---|---|---|---|"]
     for r in rows:

@@ -60,12 +60,33 @@ def codec_32khz(device: str):
     return Codec(EncodecModel(cfg).to(device), source="random 32 kHz EnCodec (bench)")
 
 
-def flops_per_pass(cfg, rows: int, t: int, stage: int, l_text: int = 12) -> float:
+def flops_per_pass(cfg, rows: int, t: int, stage: int, l_text: int = 12, null_skip: bool = True) -> float:
+    """The sum of ``flop_parts`` (see there)."""
+    return sum(flop_parts(cfg, rows, t, stage, l_text, null_skip))
+
+
+def flop_parts(cfg, rows: int, t: int, stage: int, l_text: int = 12, null_skip: bool = True) -> tuple[float, float]:
+    """FLOPs (2 per multiply-add) of one MAGNeT forward over ``rows`` = 2B CFG rows (B conditioned, B null)
+    of ``t`` frames at ``stage``; the floor divides this by the peak rate.
+
+    Per layer and per token, in multiply-adds (d = dim, hidden 4d, no biases that matter):
+      self-attention  Q, K, V, O projections         4 d^2
+      feed-forward    d -> 4d -> d                   8 d^2
+      cross-attention Q and O projections            2 d^2, on the B conditioned rows only: outside 'exact'
+                      the null rows' cross-attention (exactly 0) is skipped (``MagnetLM.guided_logits``),
+                      and the condition's K/V are computed once per generation, not per step
+    so a row averages 12 d^2 + 2 d^2 / 2 = 13 d^2 per layer (``null_skip``; 14 d^2 in 'exact'), plus the
+    head (d x card per token; all t positions counted, an upper bound when the head runs on the re-masked
+    positions only). Attention scores and mixing: 2 t x keys x d per row (keys: t at stage 0, the band
+    2 * subcodes_context + 1 later) and 2 t x l_text x d on the rows that run cross-attention.
+    Elementwise work (norms, GELU, casts, sampling) is not counted: the floor is a GEMM floor.
+    -> (linear FLOPs, attention FLOPs)."""
     d, n = cfg.dim, cfg.num_layers
-    linear = 2 * rows * t * (n * (12 * d * d) + d * cfg.card)
+    cross_rows = rows // 2 if null_skip else rows
+    linear = 2 * t * (rows * (n * 12 * d * d + d * cfg.card) + cross_rows * n * 2 * d * d)
     keys = t if stage == 0 else min(t, 2 * cfg.subcodes_context + 1)
-    attn = 2 * rows * n * (2 * t * keys * d + 2 * t * l_text * d)
-    return float(linear + attn)
+    attn = 2 * n * t * d * (2 * rows * keys + 2 * cross_rows * l_text)
+    return float(linear), float(attn)
 
 
 def main() -> None:
@@ -80,6 +101,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--steps", default="20,10,10,10")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-codec", action="store_true",
+                    help="skip the codec decode timing (text->WAV = text->tokens; the dry run: a random 32 kHz "
+                         "EnCodec decode of 10 s takes ~10-25 s on a shared CPU)")
     ap.add_argument("--peak-tflops", type=float, default=800.0, help="for the fraction of peak (H100 bf16 ~800)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -105,12 +129,13 @@ def main() -> None:
     build(tmp, args.geometry, args.duration)
     model = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype=dtype, t5=T5)
     ref = mf.MagnetFast.from_pretrained(tmp, device=args.device, dtype="float32", t5=T5)
-    set_codec(model, codec_32khz(args.device))              # text -> WAV timing (codec decode, float32)
+    if not args.no_codec:
+        set_codec(model, codec_32khz(args.device))          # text -> WAV timing (codec decode, float32)
     cfg = model.config
     t = cfg.frames - cfg.frames % cfg.span_len
     meta = stamp(args.device)
     meta.update(geometry=args.geometry, duration=args.duration, dtype=dtype, steps=steps, frames=t,
-                peak_tflops=args.peak_tflops)
+                peak_tflops=args.peak_tflops, codec="none (decode not timed)" if args.no_codec else "32 kHz random")
 
     seq = torch.randint(0, 2048, (2, 4, t), generator=torch.Generator().manual_seed(1)).to(args.device)
     with torch.inference_mode():
@@ -168,16 +193,18 @@ def main() -> None:
                     times.append(time.perf_counter() - t0)
                 row["recorded_while_timing"] = recordings(model) != recorded
                 sec = statistics.median(times)
-                tokens = model.generate_tokens(texts, seed=0, decoding_steps=steps)
+                tokens = None if args.no_codec else model.generate_tokens(texts, seed=0, decoding_steps=steps)
                 wav_times = []
-                for _ in range(args.repeats):
+                for _ in range(0 if args.no_codec else args.repeats):
                     sync(args.device)
                     t0 = time.perf_counter()
                     model.decode(tokens)
                     sync(args.device)
                     wav_times.append(time.perf_counter() - t0)
-                row.update(decode_s=statistics.median(wav_times), text_to_wav_s=sec + statistics.median(wav_times))
-                flops = sum(n * flops_per_pass(cfg, 2 * batch, t, stage) for stage, n in enumerate(steps))
+                decode_s = statistics.median(wav_times) if wav_times else 0.0          # --no-codec: not timed
+                row.update(decode_s=decode_s, text_to_wav_s=sec + decode_s)
+                flops = sum(n * flops_per_pass(cfg, 2 * batch, t, stage, null_skip=backend != "exact")
+                            for stage, n in enumerate(steps))
                 row.update(seconds=sec, samples_per_s=batch / sec, tflops=flops / sec / 1e12,
                            floor_s=flops / (args.peak_tflops * 1e12), all_s=times)
                 row["fraction_of_floor"] = row["floor_s"] / sec

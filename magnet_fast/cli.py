@@ -63,7 +63,8 @@ def cmd_generate(args) -> int:
         warnings.simplefilter("ignore", UserWarning)          # the notice is printed once below
         model = family.engine().from_pretrained(model_dir, device=args.device, dtype=args.dtype, t5=args.t5,
                                                 codec=args.codec, allow_download=args.allow_download,
-                                                attention="exact" if args.exact else None)
+                                                attention="exact" if args.exact else None,
+                                                quantize="int8" if args.int8 else None)
     if model.config.notice:
         print(f"note: {model.config.notice}", file=sys.stderr)
     params.update(paired_models(args, model.device, args.dtype))     # --hybrid / --rescore (MAGNeT only)

@@ -238,6 +238,8 @@ FLAGS = (
     (("--dtype",), {"choices": ["float32", "float16", "bfloat16"]}, BOTH),
     (("--exact",), {"action": "store_true", "help": "parity mode: audiocraft's dense attention arithmetic (on CPU "
                     "float32 its tokens bit for bit for the same seed; slower than the default)"}, BOTH),
+    (("--int8",), {"action": "store_true", "help": "CPU float32 only, opt-in: int8 linears (torch dynamic "
+                   "quantization); tokens statistically, not bitwise, the float32 ones"}, GENERATE),
     (("--t5",), {"help": "local T5 folder (default: the model's t5/ or its config name)"}, BOTH),
     (("--codec",), {"help": "local EnCodec folder (transformers format) overriding the model's"}, BOTH),
     (("--allow-download",), {"action": "store_true", "help": "let transformers fetch T5/codec from the hub"},

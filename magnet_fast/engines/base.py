@@ -26,7 +26,7 @@ from magnet_fast.engines.request import Progress, Request
 from magnet_fast.errors import BatchSplitWarning, CheckpointError, ConfigError, ParameterError
 from magnet_fast.io.files import serialised_load
 from magnet_fast.nn.conditioning import TextEncoder, encode_condition
-from magnet_fast.nn.loading import load_lm
+from magnet_fast.nn.loading import QUANTIZE, load_lm, quantize_int8
 from magnet_fast.nn.model import MagnetLM
 from magnet_fast.params import check_seed
 
@@ -204,7 +204,7 @@ class Engine:
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu", dtype=None,
                         t5: str | Path | None = None, codec: str | Path | None = None,
                         allow_download: bool = False, attention: str | None = None,
-                        cuda_graphs: bool | str | None = None) -> Engine:
+                        cuda_graphs: bool | str | None = None, quantize: str | None = None) -> Engine:
         """Load a folder written by ``magnet-fast convert``.
 
         device: 'cpu' or 'cuda'. dtype: None picks float32 on CPU, bfloat16 on CUDA. t5: local T5 folder or
@@ -214,7 +214,9 @@ class Engine:
         allow_download: let transformers fetch the T5 / a pointer-form codec from the hub if not cached.
         attention: None (windowed on CPU, triton on CUDA where it can run) or a backend name
         (``set_attention``; 'exact' is the bitwise parity mode). cuda_graphs: None ('auto' on CUDA) or see
-        ``set_cuda_graphs``.
+        ``set_cuda_graphs``. quantize: None, or 'int8' (CPU float32 only, opt-in): the LM's linears with int8
+        weights and dynamically quantized activations (``loading.quantize_int8``); tokens are then
+        statistically, not bitwise, audiocraft's (docs/gpu-plan.md, CPU int8).
         """
         folder = check_model_folder(path)            # None, NUL, over-long names: one CheckpointError
         cfg = MagnetConfig.load(folder)
@@ -222,7 +224,16 @@ class Engine:
             raise ConfigError(f"{folder} is a {cfg.kind} model ({ENGINES[cfg.kind]}), not a {cls.KIND} model: load "
                               f"it with magnet_fast.{ENGINES[cfg.kind]}.from_pretrained")
         device = check_device(device)
-        lm = load_lm(folder, cfg, device, check_dtype(dtype, device), model_cls=cls.LM_CLASS)
+        lm_dtype = check_dtype(dtype, device)
+        if quantize not in QUANTIZE:
+            raise ParameterError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize and (device.type != "cpu" or lm_dtype != torch.float32):
+            raise ParameterError("quantize='int8' is for CPU float32 models (torch's dynamic quantization); "
+                                 f"this one is {device.type} {str(lm_dtype).replace('torch.', '')}: use "
+                                 "device='cpu' with dtype None/'float32', or drop quantize")
+        lm = load_lm(folder, cfg, device, lm_dtype, model_cls=cls.LM_CLASS)
+        if quantize:
+            lm = quantize_int8(lm)
         if t5 is None:
             t5 = folder / "t5" if (folder / "t5").is_dir() else cfg.t5_name
         text = TextEncoder(t5, device=device, allow_download=allow_download)

@@ -149,7 +149,9 @@ class MusicGenFast(Engine):
         if static and self.cuda_graphs:
             key = ARDecoder.make_key(self.lm, len(texts), req.frames, kv[0][0].shape[-2], req.params, n_prompt,
                                      True, None)
-            graphs = self.decoders.mode_for(key, self.cuda_graphs, "cuda")
+            # AR decoding records on a shape's first call under 'auto' too: one recorded step serves every
+            # position, so recording costs one step, while an eager first call runs every step's launches
+            graphs = self.decoders.mode_for(key, True, "cuda")
         cache = self.decoders if graphs is not None else None
         return decode_ar(self.lm, kv, len(texts), req.frames, req.params, prompt=prompt, generator=generator,
                          callback=progress.step, static=static, null_skip=not exact, graphs=graphs, cache=cache,

@@ -47,8 +47,16 @@ class TextEncoder:
         return int(self.model.config.d_model)
 
     @torch.inference_mode()
-    def encode(self, descriptions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B descriptions] -> hidden [2B, L, d_model] float32 and mask [2B, L] (cond rows, then nulls)."""
+    def encode(self, descriptions: list[str | None], null_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B descriptions] -> hidden [2B, L, d_model] float32 and mask [2B, L] (cond rows, then nulls).
+
+        null_rows=True (default): every row goes through T5, as in audiocraft (its hidden states, null rows
+        included: the parity mode's path, bitwise by construction). null_rows=False (``encode_condition``
+        outside 'exact'): only the rows with text go through T5 (a null row's mask is zero, so the projection zeroes whatever
+        T5 gives it): a null row's hidden states are zeros. The real rows keep the whole batch's padded
+        length L, and a lone real row runs with one null companion row (T5 alone on one row rounds
+        differently on CPU: 1e-6), so they match the all-rows batch bit for bit
+        (tests/nn/test_t5_real_rows.py)."""
         from magnet_fast.checks import check_descriptions
         check_descriptions(list(descriptions))          # length cap and text checks, also for direct callers
         entries = [d if d is not None else "" for d in descriptions] + [""] * len(descriptions)
@@ -57,7 +65,14 @@ class TextEncoder:
         mask[[i for i, e in enumerate(entries) if e == ""], :] = 0
         ids = batch["input_ids"].to(self.device)
         mask = mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        if null_rows:
+            return self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+        real = [i for i, e in enumerate(entries) if e != ""]
+        hidden = torch.zeros(*ids.shape, self.dim, device=self.device)
+        if real:
+            rows = real + [len(descriptions)] * (len(real) == 1)             # a lone row: one null companion
+            out = self.model(input_ids=ids[rows], attention_mask=mask[rows]).last_hidden_state
+            hidden[real] = out[: len(real)]
         return hidden, mask
 
 
@@ -70,10 +85,10 @@ def encode_condition(text: TextEncoder, lm, descriptions, batch_invariant: bool 
     """
     device = lm.device
     if not batch_invariant:
-        hidden, mask = text.encode(descriptions)
+        hidden, mask = text.encode(descriptions, null_rows=lm.attention_backend == "exact")
         with torch.inference_mode():
             return lm.project_text(hidden.to(device), mask.to(device)), None
-    parts = [text.encode([d]) for d in descriptions]                  # each: [2, L_i, width]
+    parts = [text.encode([d], null_rows=lm.attention_backend == "exact") for d in descriptions]   # [2, L_i, width]
     n, width = len(descriptions), text.dim
     length = max(h.shape[1] for h, _ in parts)
     hidden = torch.zeros(2 * n, length, width, device=text.device)

@@ -118,3 +118,46 @@ def load_lm(folder, cfg: MagnetConfig, device: torch.device, dtype: torch.dtype,
                         for k, v in state.items()}, assign=True)
     lm.caches = AttentionCache()          # built on the meta device above: start empty on the real one
     return lm.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------- int8 (CPU, opt-in)
+QUANTIZE = (None, "int8")
+
+
+class Int8Linear(torch.nn.Module):
+    """A bias-free ``nn.Linear`` with int8 weights (per output channel) and activations quantized per call:
+    torch's own dynamic quantization (``torch.ao.quantization.quantize_dynamic``, fbgemm/onednn kernels).
+    ``weight`` is an empty float32 tensor standing for the layer's compute dtype and device (what the model
+    reads from a linear); the int8 weights live in the wrapped module."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        import warnings
+        with warnings.catch_warnings():          # torch.ao.quantization's deprecation notice (torchao is its
+            warnings.simplefilter("ignore")      # successor; docs/gpu-plan.md, CPU int8): once per linear
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+            holder = torch.nn.Sequential(linear)
+            self.q = quantize_dynamic(holder, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                      dtype=torch.qint8)[0]
+        self.register_buffer("weight", torch.empty(0, dtype=torch.float32), persistent=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x)
+
+
+def quantize_int8(lm: MagnetLM) -> MagnetLM:
+    """The layers' linears (self-attention in/out, cross-attention q/k/v/out, feed-forward) and the heads
+    to int8 (``Int8Linear``), in place; embeddings, norms and the text projection stay float32. CPU float32
+    only (the caller checks). Tokens are not audiocraft's bit for bit: statistically indistinguishable from
+    float32 (tests/engines/test_int8.py)."""
+    def swap(parent: torch.nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Linear) and child.bias is None:
+                setattr(parent, name, Int8Linear(child))
+            else:
+                swap(child)
+    for layer in lm.layers:
+        swap(layer)
+    swap(lm.heads)
+    return lm

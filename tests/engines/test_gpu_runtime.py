@@ -162,8 +162,12 @@ def test_cuda_head_dim_64_graphs_triton_fused_equal_eager(head_dim_64_models):
 
 def test_cuda_auto_graph_policy(cuda_models):
     """The CUDA default "auto": first call of a shape eager (nothing cached), second records, third replays;
-    all equal the eager tokens."""
+    all equal the eager tokens. Run with the CUDA defaults (triton, torch sampler) set explicitly, not
+    whatever backend an earlier test left."""
     bf16, _ = cuda_models
+    bf16.set_attention(bf16._default_attention())
+    bf16.set_sampler("torch")
+    assert bf16.attention_backend == "triton"
     steps = {"decoding_steps": [4, 2, 2, 2], "seed": 7}
     want = bf16.generate_tokens(["calm piano", None], **steps)
     bf16.set_cuda_graphs("auto")
@@ -174,3 +178,96 @@ def test_cuda_auto_graph_policy(cuda_models):
         bf16.set_cuda_graphs(False)
         bf16.clear_cuda_graphs()
     assert all(torch.equal(g, want) for g in got)
+
+
+# ----------------------------------------------------------------------------------------- graph == eager
+# for the paths a replay has not been checked on before: rescoring, hybrid, long-form windows and stride-1
+# spans (their CPU counterparts with the fx stand-in: tests/engines/test_graph_replay_cpu.py)
+
+@pytest.fixture(scope="module")
+def cuda_musicgen(musicgen_folder):
+    return mf.MusicGenFast.from_pretrained(musicgen_folder, device="cuda", t5=T5_TINY, cuda_graphs=False)
+
+
+def _replays_equal_eager(models, call, recorded_shapes: int | None = None) -> None:
+    """``call()`` eager, then with graphs on (policy True) twice: the recording call and a replay must both
+    give the eager tokens bit for bit; ``recorded_shapes``: the MAGNeT decoders cached after them."""
+    want = call()
+    for m in models:
+        m.set_cuda_graphs(True)
+    try:
+        got = [call(), call()]
+        if recorded_shapes is not None:
+            assert len(models[0].decoders) == recorded_shapes
+        assert all(len(d.recorded) > 0 for d in models[0].decoders.values())
+    finally:
+        for m in models:
+            m.set_cuda_graphs(False)
+            m.clear_cuda_graphs()
+    for g in got:
+        assert torch.equal(g, want)
+
+
+@pytest.mark.parametrize("backend, sampler", [("triton", "torch"), ("triton", "fused")])
+def test_cuda_graphs_rescoring_equal_eager(cuda_models, cuda_musicgen, backend, sampler):
+    bf16, _ = cuda_models
+    bf16.set_attention(backend)
+    bf16.set_sampler(sampler)
+    try:
+        _replays_equal_eager([bf16], lambda: bf16.generate_tokens(
+            ["calm piano", "edm"], seed=4, decoding_steps=[4, 2, 2, 2], rescorer=cuda_musicgen,
+            rescore_weight=0.5), recorded_shapes=1)
+    finally:
+        bf16.set_sampler("torch")
+
+
+def test_cuda_graphs_hybrid_equal_eager(cuda_models, cuda_musicgen):
+    """MusicGen's prefix (its static step recorded too) then MAGNeT continuing the stream."""
+    bf16, _ = cuda_models
+    bf16.set_attention("triton")
+    _replays_equal_eager([bf16, cuda_musicgen], lambda: bf16.generate_tokens(
+        ["calm piano", None], seed=6, decoding_steps=[4, 2, 2, 2], hybrid=cuda_musicgen, hybrid_seconds=0.5),
+        recorded_shapes=1)
+
+
+def test_cuda_graphs_long_form_equal_eager(cuda_models):
+    """Two shapes: the first window, and the later windows with a prompt (the previous tail)."""
+    bf16, _ = cuda_models
+    bf16.set_attention("triton")
+    _replays_equal_eager([bf16], lambda: bf16.generate_tokens(
+        ["calm piano", "edm"], seed=8, decoding_steps=[4, 2, 2, 2], duration=16.0, extend_stride=5.0),
+        recorded_shapes=2)
+
+
+@pytest.mark.parametrize("sampler", ["torch", "fused"])
+def test_cuda_graphs_stride1_equal_eager(cuda_models, sampler):
+    bf16, _ = cuda_models
+    bf16.set_attention("triton")
+    bf16.set_sampler(sampler)
+    try:
+        _replays_equal_eager([bf16], lambda: bf16.generate_tokens(
+            ["calm piano", None], seed=9, decoding_steps=[4, 2, 2, 2], span_arrangement="stride1"),
+            recorded_shapes=1)
+    finally:
+        bf16.set_sampler("torch")
+
+
+def test_cuda_musicgen_auto_records_on_the_first_call(cuda_musicgen):
+    """Under the CUDA default 'auto', MusicGen records its static step on a shape's first call (one step of
+    recording instead of every step's launches eagerly); the recording call and the replays give the eager
+    tokens, and recording copies no KV cache (the capture runs nothing: the decoder holds one cache)."""
+    m = cuda_musicgen
+    kw = {"seed": 3, "duration": 0.5}
+    want = m.generate_tokens(["calm piano", None], **kw)
+    m.set_cuda_graphs("auto")
+    try:
+        first = m.generate_tokens(["calm piano", None], **kw)
+        assert len(m.decoders) == 1
+        decoder = next(iter(m.decoders.values()))
+        assert list(decoder.recorded) == ["step"]
+        again = m.generate_tokens(["calm piano", None], **kw)
+        assert len(m.decoders) == 1 and list(decoder.recorded) == ["step"]
+    finally:
+        m.set_cuda_graphs(False)
+        m.clear_cuda_graphs()
+    assert torch.equal(first, want) and torch.equal(again, want)
