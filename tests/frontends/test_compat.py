@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fake_hub  # noqa: E402
 
 import magnet_fast  # noqa: E402
-from magnet_fast import compat, hub  # noqa: E402
+from magnet_fast import compat  # noqa: E402
+from magnet_fast.io import hub  # noqa: E402
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
