@@ -25,8 +25,8 @@ import fake_hub  # noqa: E402
 
 import magnet_fast  # noqa: E402
 from magnet_fast import compat  # noqa: E402
-from magnet_fast.io import hub  # noqa: E402
 from magnet_fast.errors import CheckpointError, ConfigError, ParameterError  # noqa: E402
+from magnet_fast.io import hub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
