@@ -199,3 +199,13 @@ def musicgen_folder(tmp_path_factory) -> Path:
     """The audiocraft-made tiny MusicGen (tests/fixtures/ac_musicgen), converted once per session."""
     import magnet_fast as mf
     return mf.convert(FIXTURES / "ac_musicgen" / "musicgen_tiny", tmp_path_factory.mktemp("musicgen") / "musicgen_tiny")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the CI machine's
+    two cores are shared, and one thread is several times faster than two oversubscribed for tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

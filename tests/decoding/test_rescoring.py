@@ -43,13 +43,7 @@ T5_TINY = FIXTURES / "ac_ref" / "t5_tiny"
 TEXTS = ["energetic edm with drums and bass", "calm piano"]      # unequal lengths: padding matters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CI machine's 2 cores are shared: one thread is several times faster than two oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

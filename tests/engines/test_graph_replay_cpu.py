@@ -19,12 +19,7 @@ T5_TINY = FIXTURES / "ac_ref" / "t5_tiny"
 FEW = {"decoding_steps": [2, 1, 1, 1]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

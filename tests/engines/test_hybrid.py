@@ -23,13 +23,7 @@ TEXTS = ["energetic edm with drums and bass", "calm piano"]
 SHORT = dict(decoding_steps=[3, 2, 2, 1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CI machine's 2 cores are shared: one thread is several times faster than two oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ T5_TINY = Path(__file__).resolve().parents[1] / "fixtures" / "ac_ref" / "t5_tiny
 STEPS = {"decoding_steps": [4, 2, 2, 2]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
