@@ -126,13 +126,35 @@ def _paper(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
     return out
 
 
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v) if isinstance(v, (int, str, bool)) or v is None else "…"
+
+
+def _other(folder: Path, meta: dict, rows: list[dict], base: Path) -> list[str]:
+    """A run of another benchmark (editing, serving, training, ...): its rows' scalar columns as they are;
+    its own results.md says what they mean."""
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))][:8] if rows else []
+    title = meta.get("title") or folder.name
+    out = [f"**{title}** — {_stamp(folder, meta, base)}.", ""]
+    if keys:
+        out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        out += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return out
+
+
 def render(results: Path, base: Path) -> str:
-    """The full block: every run, grouped by kind, newest first."""
+    """The full block: every run, grouped by kind, newest first; runs of other benchmarks last."""
     lines = [BEGIN]
-    for kind, fn in (("e2e", _e2e), ("paper", _paper), ("runtime", _runtime), ("kernels", _kernels)):
+    kinds = (("e2e", _e2e), ("paper", _paper), ("runtime", _runtime), ("kernels", _kernels))
+    for kind, fn in kinds:
         for folder, meta, rows in _load(results):
             if _kind(rows) == kind:
                 lines += ["", *fn(folder, meta, rows, base)]
+    for folder, meta, rows in _load(results):
+        if _kind(rows) is None and "sm90" not in folder.name and "gpu-tier" not in folder.name:
+            lines += ["", *_other(folder, meta, rows, base)]
     return "\n".join([*lines, "", END])
 
 
