@@ -113,7 +113,7 @@ run_stage() {   # name, limit_s, command...: time-limited, logged, packed
     echo "$name: $((SECONDS - t0)) s"; tail -2 "$OUT/$name.log"
     pack
 }
-GPU_TESTS="tests/kernels/test_banded_attn.py tests/kernels/test_sample.py tests/engines/test_gpu_runtime.py tests/engines/test_musicgen.py"
+GPU_TESTS="tests/kernel_ops/test_banded_attn.py tests/kernel_ops/test_sample.py tests/engines/test_gpu_runtime.py tests/engines/test_musicgen.py"
 if [ "$DRY" = 1 ]; then   # collection of the GPU files (all skip) + the D=16 and fused-sampler interpreter tests
     has tests && run_stage pytest-gpu 300 "$PY" -m pytest $GPU_TESTS -p no:cacheprovider -q -rA \
         -k "gpu or D16 or single_inf" --junitxml "$OUT/pytest-gpu.xml"

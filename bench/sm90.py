@@ -8,7 +8,7 @@ target=GPUTarget("cuda", 90, 32))`` builds the cubin on a CPU-only machine, and 
 --dump-resource-usage`` (shipped in Triton's wheel) reads registers, stack (spills) and shared memory from
 it. Each row: kernel, config, REG, STACK, SHARED, compile seconds, or the compile error. A row fails when
 the compile fails, when shared memory exceeds Hopper's 227 KiB per block, or when the config spills
-(STACK > 0) unless it is listed in ``KNOWN_SPILLS`` with a reason. tests/kernels/test_sm90_compile.py runs this.
+(STACK > 0) unless it is listed in ``KNOWN_SPILLS`` with a reason. tests/kernel_ops/test_sm90_compile.py runs this.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sm_90 check covers the backward kernels (tests/kernels/test_sm90_compile.py compiles every config, the
+"""The sm_90 check covers the backward kernels (tests/kernel_ops/test_sm90_compile.py compiles every config, the
 backward's included) and can fail on them: a backward tile that spills is reported and exits 1."""
 from __future__ import annotations
 
