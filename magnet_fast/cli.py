@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+from magnet_fast import interrupted
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
 from magnet_fast.errors import MagnetFastError, UsageError
 from magnet_fast.flags import (
@@ -313,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("magnet-fast: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        if interrupted():                    # an import cut short by Ctrl-C can fail with another error
+            print("magnet-fast: interrupted", file=sys.stderr)
+            return 130
+        raise
 
 
 if __name__ == "__main__":

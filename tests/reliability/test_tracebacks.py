@@ -213,6 +213,37 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
         assert proc.returncode == 130 and err.strip().splitlines()[-1] == "magnet-fast: interrupted", err
 
 
+# A SIGINT delivered while a given module is being imported: a meta-path finder (it finds nothing, so the
+# real import proceeds) sends the signal to its own process when the import system asks for that module.
+# numpy swallows a KeyboardInterrupt raised inside its own import, or turns it into "ImportError: cannot
+# load module more than once per process"; either way the CLI must stop with one line and 130.
+_SIGNAL_AT_IMPORT = """
+import os, runpy, signal, sys
+target = sys.argv.pop(1)
+class SignalAtImport:
+    def find_spec(self, name, path=None, target_module=None):
+        if name == target:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, SignalAtImport())
+sys.argv[0] = "-m"
+runpy.run_module("magnet_fast.cli", run_name="__main__", alter_sys=False)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy._core._multiarray_umath", "numpy._core.multiarray", "torch._C",
+                                    "magnet_fast.nn.model"])
+def test_ctrl_c_inside_any_start_up_import_is_one_line(tmp_path, module):
+    out = tmp_path / "a.wav"
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AT_IMPORT, module, "generate", "x", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["magnet-fast: interrupted"], proc.stderr[-2000:]
+    assert not out.exists()                         # the interrupted command did not go on to generate
+
+
 def test_checks_run_before_the_model_loads(tmp_path, capsys, monkeypatch):
     """Prompt audio content (NaN samples), --t5 / --codec folders and hybrid/duration are refused before any
     from_pretrained: loading is made to fail loudly, so a late check would show up as that failure."""
