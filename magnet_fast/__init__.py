@@ -2,34 +2,14 @@
 import sys as _sys
 
 # Ctrl-C while the CLI starts: the heavy imports below (torch, numpy) take seconds, and a KeyboardInterrupt
-# raised inside a C extension's module init can surface as a different error (numpy: "ImportError: cannot
-# load module more than once per process"). For a CLI start we note every SIGINT before raising, so any
-# exception that follows one is reported as the interruption it is: one line, exit code 130.
-_INTERRUPTS: list[int] = []
+# raised inside a C extension's module init can be swallowed or surface as another error (numpy: "ImportError:
+# cannot load module more than once per process"). For a CLI start every SIGINT is noted before it raises, so
+# any failure after one is reported as the interruption it is: one line, exit code 130 (errors.py).
+from magnet_fast.errors import interrupted as _interrupted  # noqa: E402  (stdlib only: no torch yet)
+from magnet_fast.errors import note_interrupts as _note_interrupts  # noqa: E402
 
-
-def _cli_start() -> bool:
-    argv0 = _sys.argv[0] if _sys.argv else ""
-    return argv0 == "-m" or argv0.endswith(("magnet-fast", "cli.py"))
-
-
-def _note_interrupt(signum, frame):
-    _INTERRUPTS.append(signum)
-    raise KeyboardInterrupt
-
-
-def interrupted() -> bool:
-    """True once the CLI process got a SIGINT (the CLI reports any error after that as the interruption)."""
-    return bool(_INTERRUPTS)
-
-
-if _cli_start():
-    import signal as _signal
-    try:
-        if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-            _signal.signal(_signal.SIGINT, _note_interrupt)
-    except ValueError:                          # not the main thread: leave signals alone
-        pass
+if _sys.argv and (_sys.argv[0] == "-m" or _sys.argv[0].endswith(("magnet-fast", "cli.py"))):
+    _note_interrupts()
 
 try:
     from magnet_fast.config import VERSION, MagnetConfig
@@ -47,11 +27,11 @@ try:
     from magnet_fast.io.convert import convert
     from magnet_fast.params import SamplingParams, resolve_params
 except BaseException:
-    if _INTERRUPTS:
+    if _interrupted():
         print("magnet-fast: interrupted", file=_sys.stderr)
         raise SystemExit(130) from None
     raise
-if _INTERRUPTS:                                 # a Ctrl-C that an import swallowed still stops the CLI
+if _interrupted():                                 # a Ctrl-C that an import swallowed still stops the CLI
     print("magnet-fast: interrupted", file=_sys.stderr)
     raise SystemExit(130)
 

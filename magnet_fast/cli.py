@@ -8,9 +8,8 @@ import time
 import warnings
 from pathlib import Path
 
-from magnet_fast import interrupted
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
-from magnet_fast.errors import MagnetFastError, UsageError
+from magnet_fast.errors import MagnetFastError, UsageError, interrupted
 from magnet_fast.flags import (
     CHUNK,
     add_flags,

@@ -34,3 +34,30 @@ class UsageError(MagnetFastError):
 class BatchSplitWarning(UserWarning):
     """A batch ran out of memory and is being decoded in smaller chunks (shown by default, unlike
     ResourceWarning)."""
+
+
+# ----------------------------------------------------------------------------------- Ctrl-C at start-up
+_INTERRUPTS: list[int] = []
+
+
+def _note_interrupt(signum, frame):
+    _INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def note_interrupts() -> None:
+    """Record every SIGINT of this process before raising KeyboardInterrupt as usual (the CLI calls this
+    before its heavy imports). Leaves a handler other than Python's default alone, and does nothing off
+    the main thread."""
+    import signal
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _note_interrupt)
+    except ValueError:
+        pass
+
+
+def interrupted() -> bool:
+    """True once this process got a SIGINT under `note_interrupts` (the CLI then reports any failure as
+    the interruption: an import cut short by Ctrl-C can fail with another error or swallow it)."""
+    return bool(_INTERRUPTS)
