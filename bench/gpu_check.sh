@@ -39,6 +39,9 @@
 # README tables:
 #   GPU_CHECK_DRY=1 bash bench/gpu_check.sh OUTDIR quick
 set -uo pipefail
+# started from a test of an xdist run: its pytest stages are sessions of their own (pytest-benchmark
+# disables itself when it sees an xdist worker's variables)
+unset PYTEST_XDIST_WORKER PYTEST_XDIST_WORKER_COUNT PYTEST_XDIST_TESTRUNUID
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 OUT="${1:?usage: bench/gpu_check.sh OUTDIR [plan|quick|tests|runtime|profile|e2e|musicgen|paper|kernels|kernels-more|runtime-small30|runtime-medium10 ...]}"
 shift
@@ -167,7 +170,7 @@ if has kernels-more; then
     for dt in fp16 fp32; do run_stage "bench-$dt" 120 "$PY" bench/run.py --device cuda --dtype "$dt" --out "$OUT/bench-$dt"; done
 fi
 if has kernels-bwd; then   # banded-attention backward: its GPU tests, then Triton vs SDPA/Flex backward (bf16)
-    run_stage pytest-gpu-bwd 200 "$PY" -m pytest -m gpu tests/test_kernel_banded_attn_bwd.py -p no:cacheprovider \
+    run_stage pytest-gpu-bwd 200 "$PY" -m pytest -m gpu tests/kernel_ops/test_banded_attn_bwd.py -p no:cacheprovider \
         -rA --junitxml "$OUT/pytest-gpu-bwd.xml"
     run_stage bench-bwd 240 "$PY" -m pytest bench/test_kernels_bwd.py --benchmark-only -p no:cacheprovider -q \
         --kernel-dtype bf16 --benchmark-max-time 0.3 --benchmark-json "$OUT/bench-bwd.json"

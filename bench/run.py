@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -147,6 +148,10 @@ def pytest_args(args, extra: list[str]) -> tuple[list[str], float, int]:
 
 
 def main():
+    # a pytest session of its own: started from a test of an xdist run it inherits the worker's variables,
+    # which make pytest-benchmark think it runs under xdist and disable itself
+    for name in [n for n in os.environ if n.startswith("PYTEST_XDIST_")]:
+        del os.environ[name]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="Other arguments are passed to pytest.")
     ap.add_argument("--ops", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))

@@ -5,7 +5,8 @@ import sys as _sys
 # raised inside a C extension's module init can be swallowed or surface as another error (numpy: "ImportError:
 # cannot load module more than once per process"). For a CLI start every SIGINT is noted before it raises, so
 # any failure after one is reported as the interruption it is: one line, exit code 130 (errors.py).
-from magnet_fast.errors import interrupted as _interrupted  # noqa: E402  (stdlib only: no torch yet)
+from magnet_fast.errors import exit_interrupted as _exit_interrupted  # noqa: E402  (stdlib only: no torch yet)
+from magnet_fast.errors import interrupted as _interrupted  # noqa: E402
 from magnet_fast.errors import note_interrupts as _note_interrupts  # noqa: E402
 
 if _sys.argv and (_sys.argv[0] == "-m" or _sys.argv[0].endswith(("magnet-fast", "cli.py"))):
@@ -28,12 +29,10 @@ try:
     from magnet_fast.params import SamplingParams, resolve_params
 except BaseException:
     if _interrupted():
-        print("magnet-fast: interrupted", file=_sys.stderr)
-        raise SystemExit(130) from None
+        _exit_interrupted()
     raise
 if _interrupted():                                 # a Ctrl-C that an import swallowed still stops the CLI
-    print("magnet-fast: interrupted", file=_sys.stderr)
-    raise SystemExit(130)
+    _exit_interrupted()
 
 __version__ = VERSION
 __all__ = ["MagnetFast", "MusicGenFast", "MagnetConfig", "SamplingParams", "resolve_params", "convert",

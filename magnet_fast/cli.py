@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from magnet_fast.demo import DEMO_MODEL  # noqa: E402  (the bundled demo, package data)
-from magnet_fast.errors import MagnetFastError, UsageError, interrupted
+from magnet_fast.errors import MagnetFastError, UsageError, exit_interrupted, interrupted
 from magnet_fast.flags import (
     CHUNK,
     add_flags,
@@ -311,12 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"magnet-fast: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if interrupted():                    # a real Ctrl-C in the CLI process: leave now (errors.py)
+            exit_interrupted()
         print("magnet-fast: interrupted", file=sys.stderr)
         return 130
     except BaseException:
         if interrupted():                    # an import cut short by Ctrl-C can fail with another error
-            print("magnet-fast: interrupted", file=sys.stderr)
-            return 130
+            exit_interrupted()
         raise
 
 

@@ -9,6 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 CUDA = torch.cuda.is_available()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on two cores: one intra-op thread per worker, and in the CLI / oracle / benchmark
+    # subprocesses it starts (two threads each oversubscribe the cores: the suite took 18 min, not 9)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 if not CUDA:
     # read when @triton.jit decorates, so it must precede any import of kernels/*/triton.py
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -24,6 +29,16 @@ TOLERANCES = {
     ("cuda", torch.float16): {"atol": 2e-3, "rtol": 2e-3},
     ("cuda", torch.bfloat16): {"atol": 2e-2, "rtol": 1e-2},
 }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n 2` schedules by work stealing unless --dist says otherwise: the suite's test times range
+    from milliseconds to two minutes, and an idle worker takes tests off the other one's queue."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+    return WorkStealingScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

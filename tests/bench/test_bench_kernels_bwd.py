@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_backward_benchmark_gates_then_times(tmp_path):
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}   # a session of its own
+    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = tmp_path / "bwd.json"
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench" / "test_kernels_bwd.py"), "-q", "-p",
            "no:cacheprovider", "--benchmark-only", "--kernel-device", "cpu", "--benchmark-min-rounds", "1",

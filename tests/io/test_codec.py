@@ -25,6 +25,19 @@ from magnet_fast.io.codec import Codec
 from magnet_fast.io.convert.codec import convert_codec, encodec_config_from_xp, hf_codec_key
 
 CODEC_FILE = "compression_state_dict.bin"
+FIXTURE_THREADS = 2     # gen_codec_reference.py's intra-op threads on the 2-core machine that made the fixtures
+
+
+@pytest.fixture(autouse=True)
+def _fixture_thread_count(monkeypatch):
+    """Convolution results depend on the intra-op thread count (oneDNN splits the work by thread), and
+    the fixtures are bitwise: decode with the count they were made with, here and in the oracle's
+    subprocesses, whatever the run uses elsewhere (one thread per xdist worker, tests/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(FIXTURE_THREADS)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(FIXTURE_THREADS))
+    yield
+    torch.set_num_threads(before)
 
 
 def _xp(ref) -> dict:
