@@ -1,7 +1,7 @@
 """The GPU check rehearsed on CPU: bench/gpu_check.sh's dry run of EVERY stage of the device plan (tests,
 kernels, runtime, profile, e2e, musicgen, paper: same scripts and plumbing, toy sizes, one round each,
 no codec decode), so a broken script, a missing wheel or a stale import is caught here and not on a lent
-GPU."""
+GPU. Its kernels stage is also the test of bench/run.py (the same tiny CPU command; one run, not two)."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,27 @@ def _prerequisites() -> str | None:
     return None
 
 
+ROW_KEYS = {"op", "shape", "provider", "dtype", "gate", "max_abs_err", "ms", "ms_p20", "ms_p80",
+            "speedup_vs_ref"}
+
+
+def _check_kernel_benchmarks(folder: Path) -> None:
+    """The kernels stage is bench/run.py's tiny CPU run as pytest-benchmark tests (Triton under the
+    interpreter, few rounds): every provider's parity gate passes and is timed, results.json has the rows
+    bench/report.py reads, and pytest-benchmark's JSON (the raw result) is kept beside it."""
+    rows = json.loads((folder / "results.json").read_text())["rows"]
+    assert rows and all(ROW_KEYS <= r.keys() for r in rows)
+    passed = {(r["op"], r["provider"]) for r in rows if r["gate"] == "pass" and r["ms"] and r["ms"] > 0}
+    want = {("banded_attn", p) for p in ("naive", "sdpa", "windowed", "triton")} | \
+           {("sample_step", p) for p in ("torch_ops", "fused")}
+    assert want <= passed, (want - passed, rows)
+    assert all(r["ms_p20"] <= r["ms_p80"] and r["speedup_vs_ref"] > 0 for r in rows if r["ms"])
+    raw = json.loads((folder / "benchmark.json").read_text())["benchmarks"]
+    assert {(b["extra_info"]["op"], b["extra_info"]["provider"]) for b in raw} >= want
+    assert all(b["stats"]["data"] and b["extra_info"]["gate"] == "pass" for b in raw)
+    assert "| tiny-T97-W5 | triton | float32 |" in (folder / "results.md").read_text()
+
+
 def test_gpu_check_dry_run(tmp_path):
     missing = _prerequisites()
     if missing:
@@ -48,8 +69,7 @@ def test_gpu_check_dry_run(tmp_path):
         data = json.loads((out / stage / "results.json").read_text())
         assert data["rows"] and key in data["rows"][0], stage
         assert data["meta"]["git_tree"] and data["meta"]["torch"], stage
-    kernels = json.loads((out / "bench-bf16" / "results.json").read_text())["rows"]
-    assert {r["provider"] for r in kernels if r["gate"] == "pass"} >= {"naive", "triton", "torch_ops", "fused"}
+    _check_kernel_benchmarks(out / "bench-bf16")
     runtime = json.loads((out / "runtime-small-10s" / "results.json").read_text())["rows"]
     assert all(r["gate"] == "PASS" and r["seconds"] > 0 for r in runtime)
     e2e = json.loads((out / "e2e-cuda-small" / "results.json").read_text())
