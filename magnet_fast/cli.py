@@ -232,7 +232,7 @@ def model_spec(args):
 
 
 def cmd_batch(args) -> int:
-    """``magnet-fast batch`` (magnet_fast/jobs.py): exit 0 when every item is done, 1 when any failed, 2 for
+    """``magnet-fast batch`` (magnet_fast/jobs/): exit 0 when every item is done, 1 when any failed, 2 for
     usage errors."""
     from magnet_fast.jobs import MANIFEST_NAME, run_job
     for name in ("max_batch", "replicas", "threads"):
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
-    add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs.py)
+    add_batch_parser(sub)                          # magnet-fast batch: resumable JSONL jobs (jobs/)
     from magnet_fast.serve.cli import add_parser as add_serve_parser
     add_serve_parser(sub)                          # magnet-fast serve: HTTP API (magnet_fast/serve)
     from magnet_fast.train.cli import add_parsers as add_train_parsers

@@ -1,4 +1,4 @@
-"""Resumable batch jobs (``magnet-fast batch``, magnet_fast/jobs.py) on the bundled demo model: parsing and
+"""Resumable batch jobs (``magnet-fast batch``, magnet_fast/jobs/) on the bundled demo model: parsing and
 file names, the manifest's crash handling, byte-identical outputs for resumed / re-ordered / differently
 batched runs against single-item generation, per-item failures, and the CLI (exit codes, kill -9, resume)."""
 from __future__ import annotations

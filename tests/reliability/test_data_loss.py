@@ -84,7 +84,8 @@ def test_files_written_by_an_interrupted_run_are_ours_not_unknown(tmp_path):
 
 # ----------------------------------------------------------------------------------------- collisions
 def _hash(i):
-    return jobs._id_hash(i)
+    from magnet_fast.jobs.items import _id_hash
+    return _id_hash(i)
 
 
 @pytest.mark.parametrize("ids", [

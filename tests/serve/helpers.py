@@ -15,6 +15,35 @@ from pathlib import Path
 import pytest
 
 
+def make_app(engines, **settings):
+    """``create_app`` with its log silenced (the serve extra must be importable: ``need_serve_extra`` first)."""
+    from magnet_fast.serve import create_app
+    return create_app(engines, log=lambda message: None, **settings)
+
+
+@contextlib.contextmanager
+def running(app):
+    """The app's start-up and shutdown (what its lifespan does under a server)."""
+    app.state.serve.start()
+    try:
+        yield app
+    finally:
+        app.state.serve.stop()
+
+
+def call(app, *requests):
+    """Send (method, path, kwargs) requests to an ASGI app concurrently (httpx); responses in order."""
+    import asyncio
+
+    import httpx
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=600) as c:
+            return await asyncio.gather(*(c.request(m, p, **kw) for m, p, kw in requests))
+    return asyncio.run(go())
+
+
 def need_serve_extra():
     """Skip the calling test module, with the reason, where the serve extra is not installed."""
     for module in ("fastapi", "uvicorn", "prometheus_client", "httpx"):

@@ -2,8 +2,6 @@
 and padding, every error code, metrics, the page's files, and the ``serve`` command's own refusals."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import re
 import socket
@@ -12,37 +10,25 @@ import wave
 
 import pytest
 
-from tests.serve.helpers import DEMO, MG_DEMO, MIXED, STEPS, cli_wav, metric, need_serve_extra, run_cli
+from tests.serve.helpers import (
+    DEMO,
+    MG_DEMO,
+    MIXED,
+    STEPS,
+    call,
+    cli_wav,
+    make_app,
+    metric,
+    need_serve_extra,
+    run_cli,
+    running,
+)
 
 need_serve_extra()
-import httpx  # noqa: E402
 
 from magnet_fast.errors import ParameterError  # noqa: E402
 from magnet_fast.serve import create_app  # noqa: E402
 from magnet_fast.serve.scheduler import bucket_for, make_buckets  # noqa: E402
-
-
-def make_app(engines, **settings):
-    return create_app(engines, log=lambda message: None, **settings)
-
-
-@contextlib.contextmanager
-def running(app):
-    """The app's start-up and shutdown (what its lifespan does under a server)."""
-    app.state.serve.start()
-    try:
-        yield app
-    finally:
-        app.state.serve.stop()
-
-
-def call(app, *requests):
-    """Send (method, path, kwargs) requests concurrently; responses in order."""
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=600) as c:
-            return await asyncio.gather(*(c.request(m, p, **kw) for m, p, kw in requests))
-    return asyncio.run(go())
 
 
 def post(app, *bodies):

@@ -4,13 +4,12 @@ model's worker, and every refusal (422 with the engine's own message, 413, 429, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import numpy as np
 import pytest
 
-from tests.serve.helpers import DEMO, STEPS, metric, need_serve_extra, run_cli
+from tests.serve.helpers import DEMO, STEPS, call, make_app, metric, need_serve_extra, run_cli, running
 
 need_serve_extra()
 pytest.importorskip("python_multipart", reason="python-multipart is not installed: pip install -e \".[serve]\"")
@@ -19,33 +18,11 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from magnet_fast.errors import ParameterError  # noqa: E402
-from magnet_fast.serve import create_app  # noqa: E402
-
-
-def make_app(engines, **settings):
-    return create_app(engines, log=lambda message: None, **settings)
-
-
-@contextlib.contextmanager
-def running(app):
-    app.state.serve.start()
-    try:
-        yield app
-    finally:
-        app.state.serve.stop()
 
 
 def edit_request(audio: bytes, params) -> tuple[str, str, dict]:
     text = params if isinstance(params, str) else json.dumps(params)
     return ("POST", "/v1/edit", {"files": {"audio": ("in.wav", audio, "audio/wav")}, "data": {"params": text}})
-
-
-def call(app, *requests):
-    async def go():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://serve.test", timeout=600) as c:
-            return await asyncio.gather(*(c.request(m, p, **kw) for m, p, kw in requests))
-    return asyncio.run(go())
 
 
 def clip(path, seconds: float, rate: int = 32000, channels: int = 1, seed: int = 0) -> bytes:
