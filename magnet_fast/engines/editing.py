@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from magnet_fast.checks import check_descriptions
-from magnet_fast.engines.inputs import check_flag, check_generator
+from magnet_fast.engines.inputs import check_flag, check_generator, check_token_tensor
 from magnet_fast.errors import ParameterError
 from magnet_fast.params import output_frames
 
@@ -41,11 +41,7 @@ SAMPLING_KEYS = ("decoding_steps", "temperature", "top_p", "top_k", "use_samplin
 def check_tokens(model, tokens) -> torch.Tensor:
     """Codec tokens [B, n_q, T] (integer, values in [0, card)) -> long tensor on the model's device."""
     cfg = model.config
-    if (not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or tokens.is_floating_point()
-            or tokens.is_complex() or tokens.dtype == torch.bool):
-        got = (f"a {tokens.dtype} tensor of shape {list(tokens.shape)}" if isinstance(tokens, torch.Tensor)
-               else type(tokens).__name__)
-        raise ParameterError(f"tokens must be an integer tensor [B, {cfg.n_q}, T] of codec tokens, got {got}")
+    check_token_tensor(tokens, "tokens", f"[B, {cfg.n_q}, T]")
     b, k, t = tokens.shape
     if b < 1 or k != cfg.n_q or t < 1:
         raise ParameterError(f"tokens have shape {list(tokens.shape)}; expected [B, {cfg.n_q}, T] with B, T >= 1")

@@ -38,15 +38,20 @@ def check_dtype(dtype, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def check_token_tensor(x, name: str, layout: str) -> None:
+    """``x`` must be an integer tensor of three dims (codec tokens; not float, complex or bool): else one
+    ParameterError naming ``name``, the expected ``layout`` and what came."""
+    if (not isinstance(x, torch.Tensor) or x.dim() != 3 or x.is_floating_point() or x.is_complex()
+            or x.dtype == torch.bool):
+        got = f"a {x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ParameterError(f"{name} must be an integer tensor {layout} of codec tokens, got {got}")
+
+
 def check_prompt(prompt, batch: int, n_q: int, card: int, frames: int, device) -> torch.Tensor | None:
     """Prompt tokens [B, n_q, P] with 0 < P < frames and ids in [0, card) -> long tensor on ``device``."""
     if prompt is None:
         return None
-    if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 3 or prompt.is_floating_point()
-            or prompt.is_complex() or prompt.dtype == torch.bool):
-        got = (f"a {prompt.dtype} tensor of shape {list(prompt.shape)}" if isinstance(prompt, torch.Tensor)
-               else type(prompt).__name__)
-        raise ParameterError(f"prompt must be an integer tensor [B, n_q, P] of codec tokens, got {got}")
+    check_token_tensor(prompt, "prompt", "[B, n_q, P]")
     b, k, p = prompt.shape
     if b != batch or k != n_q:
         raise ParameterError(f"prompt has shape {list(prompt.shape)}; expected [{batch}, {n_q}, P] for "
